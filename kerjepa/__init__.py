@@ -1,0 +1,12 @@
+"""kerjepa: kernel discrepancy regularizers for JEPA-style self-supervised learning.
+
+>>> import kerjepa
+>>> reg = kerjepa.regularizer("mmd", kernel="gaussian", prior="gaussian")
+"""
+from . import functional, kernels, priors, slicing
+from .modules import EppsPulley, KSD, MMD, Regularizer, SlicedKSD, SlicedMMD, regularizer
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "kernels", "priors", "slicing", "regularizer", "Regularizer",
+           "MMD", "KSD", "SlicedMMD", "SlicedKSD", "EppsPulley", "__version__"]
