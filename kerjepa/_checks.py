@@ -62,7 +62,7 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
 def choice(value, name: str, options) -> str:
     """One of a fixed set of names."""
     if value not in options:
-        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {sorted(options, key=repr)}, got {value!r}")
     return value
 
 
