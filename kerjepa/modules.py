@@ -11,6 +11,13 @@ Scale: ``scale="kerjepa"`` (default) returns the discrepancy itself (MMD² or KS
 KerJEPA paper regularizes; ``scale="lejepa"`` multiplies by :math:`N\sqrt{2\pi}` (N = rows per
 view), the scale of LeJEPA's Epps–Pulley statistic, so LeJEPA's published λ (0.02–0.05)
 transfers to the Gaussian-kernel MMDs at :math:`\gamma = 1/2` (DIGEST §9.3).
+
+Distributed: under an initialised :mod:`torch.distributed` process group each rank passes
+its shard of the global batch and every module returns the statistic of the *global* batch
+(N = global rows); unsliced pair sums are split over the ranks, the ``step`` counter is
+synchronised (all-reduce MAX) at the first call so all ranks draw the same slices, and the
+gradient each rank gets for its rows is W times the single-process one, so that DDP's average
+is exact. See :mod:`kerjepa.distributed`. Without a process group nothing changes.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, functional as F, kernels, priors
+from . import _checks, distributed, functional as F, kernels, priors
 
 __all__ = ["Regularizer", "MMD", "SlicedMMD", "KSD", "SlicedKSD", "EppsPulley", "regularizer", "KINDS"]
 
@@ -36,6 +43,7 @@ class Regularizer(nn.Module):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._step_synced = False
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded with ``seed + step`` on ``device``; advances ``step``."""
@@ -52,9 +60,26 @@ class Regularizer(nn.Module):
     def statistic(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._step_synced = False
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Regularizer value for embeddings ``z`` of shape (N, D) or (V, N, D); a scalar."""
-        return self._scaled(self.statistic(z), z)
+        """Regularizer value for embeddings ``z`` of shape (N, D) or (V, N, D); a scalar.
+
+        Under a process group, ``z`` is this rank's shard and the value is that of the global
+        batch (module docstring; :mod:`kerjepa.distributed`).
+        """
+        if not distributed.is_active():
+            return self._scaled(self.statistic(z), z)
+        z = _checks.embeddings(z)
+        if not self._step_synced:
+            distributed.sync_max_(self.step)
+            self._step_synced = True
+        z = distributed.gather_rows(z)
+        with distributed.sharded_pairs():
+            value = self.statistic(z)
+        return self._scaled(value, z)
 
 
 class _KernelPriorRegularizer(Regularizer):
@@ -151,6 +176,32 @@ class EppsPulley(Regularizer):
 
 KINDS = ("mmd", "ksd", "epps_pulley")
 
+#: defaults of the factory's options; an option set away from its default must apply
+_SPEC_DEFAULTS = dict(kernel="gaussian", prior="gaussian", estimator=None, gamma=None, alpha=None, beta=0.5,
+                      sigma=1.0, nu=None, num_knots=21, scale="kerjepa", approx=None, backend="auto",
+                      prior_samples=None, target_cf="marginal", t_max=3.0, n_points=17)
+
+
+def _applicable(kind: str, kernel: str, prior: str, mode: str) -> set:
+    """The factory options that act on a regularizer of this kind, kernel, prior and slicing."""
+    if kind == "epps_pulley":
+        return {"t_max", "n_points"}
+    names = {"kernel", "prior", "estimator", "sigma", "scale"}
+    names |= {"gamma"} if kernel == "gaussian" else {"alpha", "beta"}
+    if prior == "student_t":
+        names.add("nu")
+    if mode == "finite":
+        names.add("num_knots")
+        if kind == "mmd":
+            names.add("target_cf")
+    else:
+        names.add("backend")
+    if mode == "analytic":
+        names.add("approx")
+    if kind == "mmd" and mode == "unsliced":
+        names.add("prior_samples")
+    return names
+
 
 def regularizer(kind: str, *, kernel: str = "gaussian", prior: str = "gaussian",
                 slices: int | str | None = None, estimator: str | None = None,
@@ -177,8 +228,8 @@ def regularizer(kind: str, *, kernel: str = "gaussian", prior: str = "gaussian",
         A :class:`Regularizer`; ``reg(z)`` with ``z`` (N, D) or (V, N, D) gives a scalar.
 
     Raises:
-        ValueError: unknown names (the message lists the valid ones) or options that do not
-            apply to the chosen kind.
+        ValueError: unknown names (the message lists the valid ones), or an option set away
+            from its default that does not apply to the chosen kind, kernel, prior and slicing.
 
     Example:
         >>> reg = regularizer("ksd", kernel="imq", prior="gaussian")
@@ -190,6 +241,14 @@ def regularizer(kind: str, *, kernel: str = "gaussian", prior: str = "gaussian",
         if isinstance(slices, str):
             raise ValueError(f"slices must be None, a positive int or 'analytic', got {slices!r}")
         _checks.positive_int(slices, "slices")
+    given = {name: value for name, value in locals().items()
+             if name in _SPEC_DEFAULTS and value != _SPEC_DEFAULTS[name]}
+    mode = "unsliced" if slices is None else "analytic" if slices == "analytic" else "finite"
+    applies = _applicable(kind, kernel, prior, mode)
+    unused = sorted(set(given) - applies)
+    if unused:
+        raise ValueError(f"{', '.join(unused)} do(es) not apply to kind={kind!r}, kernel={kernel!r}, "
+                         f"prior={prior!r}, slices={slices!r}; the options that do: {sorted(applies)}")
     if kind == "epps_pulley":
         if slices == "analytic":
             raise ValueError("epps_pulley is finitely sliced; for the infinite-slice limit use "

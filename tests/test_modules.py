@@ -78,3 +78,19 @@ def test_lejepa_scale_transfers_epps_pulley():
 def test_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         kerjepa.regularizer(**spec)
+
+
+@pytest.mark.parametrize("spec,unused", [
+    (dict(kind="epps_pulley", num_knots=41), "num_knots"),
+    (dict(kind="epps_pulley", scale="lejepa"), "scale"),
+    (dict(kind="mmd", kernel="imq", gamma=0.5), "gamma"),
+    (dict(kind="mmd", alpha=0.5), "alpha"),
+    (dict(kind="ksd", prior_samples=10), "prior_samples"),
+    (dict(kind="mmd", nu=3.0), "nu"),
+    (dict(kind="mmd", slices=16, approx="imq"), "approx"),
+    (dict(kind="ksd", slices=16, target_cf="paper"), "target_cf"),
+    (dict(kind="mmd", t_max=5.0), "t_max"),
+])
+def test_options_that_do_not_apply_are_refused(spec, unused):
+    with pytest.raises(ValueError, match=f"{unused} do"):
+        kerjepa.regularizer(**spec)
