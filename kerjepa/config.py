@@ -106,8 +106,7 @@ class Config:
 
     # loss
     lam: float = 7.0
-    reg: dict = field(default_factory=lambda: {"kind": "epps_pulley", "slices": 1024, "num_knots": 21,
-                                               "scale": "lejepa"})
+    reg: dict = field(default_factory=lambda: {"kind": "epps_pulley", "slices": 1024, "n_points": 17})
     reg_views: str = "per_view"       # per_view (LeJEPA's way, default) | pooled (all V*N rows at once)
     weighting: str = "kerjepa"        # kerjepa: align + lam*reg | lejepa: (1-lam)*align + lam*reg
     alignment: str = "pairs"          # pairs: eq. 16 all pairs of views | center_mse: LeJEPA's MSE to the view mean
