@@ -38,6 +38,7 @@ from . import data as kdata
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
 
 __all__ = ["train", "main", "TrainingError", "lr_factor", "alignment_loss", "KerJEPANet", "build_model",
+           "build_regularizer", "param_groups", "compute_loss", "knn_accuracy", "linear_probe_accuracy",
            "load_checkpoint", "save_checkpoint", "evaluate_frozen"]
 
 CHECKPOINT = "checkpoint.pt"
