@@ -125,7 +125,7 @@ def mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, estimat
     * Gaussian × Gaussian: the closed form of Prop. 10 (BHEP, eq. 24 with its missing
       :math:`1/N` restored), computed in log space so large D does not underflow.
     * IMQ × Gaussian: exact prior terms through the IMQ's Gamma scale mixture of Gaussians
-      (see :func:`kernel_prior_mean`; derived in the MMD chapter).
+      (see :func:`.kernel_prior_mean`; derived in the MMD chapter).
     * anything × any prior with ``prior_samples=M``: the two-sample estimator against M fresh
       draws of the prior (U: eq. 21, with the cross term's :math:`1/(NM)`; V: all pairs).
       Other combinations without ``prior_samples`` raise ``ValueError``.
