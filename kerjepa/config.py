@@ -2,7 +2,7 @@
 
 A run is described by a :class:`Config`. It starts from a named preset (:data:`PRESETS`), is
 overridden by an optional YAML file, then by ``--key=value`` flags; every value is type-checked
-against the field's annotation, and the whole config is validated (:meth:`Config.__post_init__`).
+against the field's annotation, and the whole config is validated (``Config.__post_init__``).
 The resolved config is a plain ``dict`` of builtins (:meth:`Config.to_dict`), which is what the
 trainer writes to ``config.yaml`` in the run folder and into every checkpoint.
 
@@ -39,8 +39,8 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-__all__ = ["Config", "ConfigError", "PRESETS", "get_preset", "parse_overrides", "load_yaml",
-           "from_args", "preset_names"]
+__all__ = ["Config", "ConfigError", "PRESETS", "MMD_LAMBDA", "KSD_LAMBDA", "get_preset", "parse_overrides",
+           "load_yaml", "from_args", "preset_names"]
 
 
 class ConfigError(ValueError):
@@ -372,6 +372,8 @@ def _others() -> dict:
     }
 
 
+#: every named preset: ``default``, the eleven ``table1/*`` rows, the ``fig2/*`` (MMD) and ``fig3/*`` (KSD)
+#: grids of the paper's Figures 2–3, ``lejepa/minimal``, ``digits-cpu`` and ``smoke``
 PRESETS: dict = {"default": Config(), **_table1(), **_fig_grid("mmd", "fig2"), **_fig_grid("ksd", "fig3"),
                  **_others()}
 

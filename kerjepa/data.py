@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DataError", "IMAGENETTE_WNIDS", "build_datasets", "ViewDataset", "EvalDataset",
+__all__ = ["DataError", "IMAGENETTE_WNIDS", "build_datasets", "ViewDataset", "EvalDataset", "DigitsViews",
            "view_transform", "eval_transform", "epoch_batches", "steps_per_epoch"]
 
 #: The ten ImageNet classes of ImageNette, in torchvision's (sorted) order.

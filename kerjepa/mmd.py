@@ -19,7 +19,8 @@ from . import _checks, kernels as _kernels, priors as _priors
 from .pairwise import BACKENDS, DEFAULT_BLOCK, pair_mean
 from .slicing import gauss_hermite, resolve_directions
 
-__all__ = ["mmd2", "sliced_mmd2", "epps_pulley", "kernel_prior_mean", "NUM_MIXTURE_NODES"]
+__all__ = ["mmd2", "sliced_mmd2", "epps_pulley", "kernel_prior_mean", "check_mmd2_route",
+           "check_epps_pulley_grid", "NUM_MIXTURE_NODES"]
 
 #: trapezoid nodes for the IMQ kernel's Gamma scale mixture (about 1e-12 relative error)
 NUM_MIXTURE_NODES = 256
@@ -105,8 +106,17 @@ def _kernel_pair_fn(kernel):
     return pair_fn
 
 
-def _exact_prior_supported(kernel, prior) -> bool:
-    return isinstance(prior, _priors.Gaussian) and isinstance(kernel, (_kernels.Gaussian, _kernels.IMQ))
+def check_mmd2_route(kernel, prior, prior_samples, estimator: str = "u") -> None:
+    """Raise unless :func:`mmd2` has a route for this kernel × prior (exact, or ``prior_samples``)."""
+    _checks.kernel_instance(kernel)
+    _checks.prior_instance(prior)
+    if prior_samples is not None:
+        _checks.positive_int(prior_samples, "prior_samples", minimum=2 if estimator == "u" else 1)
+    elif not (isinstance(prior, _priors.Gaussian) and isinstance(kernel, (_kernels.Gaussian, _kernels.IMQ))):
+        raise ValueError(
+            f"mmd2 has exact prior terms only for a Gaussian prior with a Gaussian or IMQ kernel; "
+            f"got kernel {type(kernel).__name__} with prior {type(prior).__name__}. Pass "
+            f"prior_samples=M to use the two-sample estimator, or use ksd2 / sliced_mmd2 for this prior")
 
 
 def mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, estimator: str = "u",
@@ -160,15 +170,7 @@ def mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, estimat
     _checks.choice(estimator, "estimator", ("u", "v"))
     _checks.choice(backend, "backend", BACKENDS)
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
-    if prior_samples is not None:
-        _checks.positive_int(prior_samples, "prior_samples", minimum=2 if estimator == "u" else 1)
-    elif not _exact_prior_supported(kernel, prior):
-        raise ValueError(
-            f"mmd2 has exact prior terms only for a Gaussian prior with a Gaussian or IMQ kernel; "
-            f"got kernel {type(kernel).__name__} with prior {type(prior).__name__}. Pass "
-            f"prior_samples=M to use the two-sample estimator, or use ksd2 / sliced_mmd2 for this prior")
+    check_mmd2_route(kernel, prior, prior_samples, estimator)
 
     def statistic(x):
         k = kernel.resolve(x)
@@ -306,6 +308,14 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
 # --------------------------------------------------------------------------------------------
 # LeJEPA's Epps–Pulley / SIGReg
 # --------------------------------------------------------------------------------------------
+def check_epps_pulley_grid(t_max: float, n_points: int) -> None:
+    """Raise unless ``t_max > 0`` and ``n_points`` is an odd int >= 3."""
+    _checks.positive(t_max, "t_max")
+    _checks.positive_int(n_points, "n_points", minimum=3)
+    if n_points % 2 == 0:
+        raise ValueError(f"n_points must be odd, got {n_points}")
+
+
 def epps_pulley(z: torch.Tensor, num_slices: int = 1024, t_max: float = 3.0, n_points: int = 17,
                 directions: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""LeJEPA's SIGReg: the sliced Epps–Pulley statistic as LeJEPA's library computes it.
@@ -331,13 +341,10 @@ def epps_pulley(z: torch.Tensor, num_slices: int = 1024, t_max: float = 3.0, n_p
     Example:
         >>> import torch
         >>> z = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
-        >>> float(epps_pulley(z, directions=torch.eye(8))) < 1.0
+        >>> bool(epps_pulley(z + 1.0, directions=torch.eye(8)) > epps_pulley(z, directions=torch.eye(8)))
         True
     """
-    _checks.positive(t_max, "t_max")
-    _checks.positive_int(n_points, "n_points", minimum=3)
-    if n_points % 2 == 0:
-        raise ValueError(f"n_points must be odd, got {n_points}")
+    check_epps_pulley_grid(t_max, n_points)
     if directions is None:
         _checks.positive_int(num_slices, "num_slices")
     z = _checks.embeddings(z)

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from . import _checks, distributed, functional as F, kernels, priors
+from . import _checks, distributed, functional as F, kernels, mmd, priors
 
 __all__ = ["Regularizer", "MMD", "SlicedMMD", "KSD", "SlicedKSD", "EppsPulley", "regularizer", "KINDS"]
 
@@ -101,7 +101,7 @@ class MMD(_KernelPriorRegularizer):
     def __init__(self, kernel, prior, estimator="u", prior_samples=None, backend="auto", scale="kerjepa", seed=0):
         super().__init__(kernel, prior, estimator, backend, scale, seed)
         self.prior_samples = prior_samples
-        F.mmd2(torch.zeros(2, 1), kernel, prior, estimator, prior_samples=prior_samples, backend=backend)
+        mmd.check_mmd2_route(kernel, prior, prior_samples, estimator)
 
     def statistic(self, z):
         gen = self._generator(z.device) if self.prior_samples else None
@@ -165,7 +165,7 @@ class EppsPulley(Regularizer):
         super().__init__("kerjepa", seed)
         self.num_slices = _checks.positive_int(num_slices, "num_slices")
         self.t_max, self.n_points = t_max, n_points
-        F.epps_pulley(torch.zeros(1, 1), num_slices=1, t_max=t_max, n_points=n_points)
+        mmd.check_epps_pulley_grid(t_max, n_points)
 
     def statistic(self, z):
         return F.epps_pulley(z, self.num_slices, self.t_max, self.n_points, generator=self._generator(z.device))

@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from kerjepa import functional as F, kernels, pairwise, priors
+from kerjepa import functional as F, kernels, ksd, pairwise, priors
 from kerjepa.ksd import _stein_pair
 
 SIZES = [(11, 3, 4), (5, 2, 16), (9, 1, 4)]  # (N, D, block): N % block != 0, N < block, D = 1
@@ -111,27 +111,18 @@ def test_bad_rows():
         pairwise.pair_sum(_stein_like, torch.randn(4, 2), (torch.randn(4, 2),), rows=(3, 5))
 
 
-def _fused_stein():
-    import pathlib
-    import sys
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-    from fused_stein import SteinPair
-    return SteinPair
-
-
 @pytest.mark.parametrize("kernel", ["gaussian", "imq", "imq-beta"])
 @pytest.mark.parametrize("prior", sorted(PRIORS))
 @pytest.mark.parametrize("estimator", ["u", "v"])
 def test_hand_written_stein_backward_equals_autograd(kernel, prior, estimator):
-    """The ``sum_and_grads`` protocol (benchmarks/fused_stein.py) gives ksd2's value and gradient."""
-    SteinPair = _fused_stein()
+    """The hand-written backward (``ksd.SteinPair.sum_and_grads``) equals autograd's."""
     k = {"gaussian": KERNELS["gaussian"], "imq": KERNELS["imq"], "imq-beta": kernels.IMQ(0.4, beta=1.3)}[kernel]
     q = PRIORS[prior]
     g = torch.Generator().manual_seed(7)
     z = (1.3 * torch.randn(12, 3, generator=g, dtype=torch.float64) + 0.2).requires_grad_(True)
-    expected = F.ksd2(z, k, q, estimator, backend="dense")
+    expected = pairwise.pair_mean(ksd._stein_pair(k, 3), z, (q.score(z),), estimator, backend="dense")
     (grad,) = torch.autograd.grad(expected, z)
-    value = pairwise.pair_mean(SteinPair(k, 3), z, (q.score(z),), estimator, backend="dense")
+    value = F.ksd2(z, k, q, estimator, backend="dense")
     (grad_fused,) = torch.autograd.grad(value, z)
     assert type(value.grad_fn.next_functions[0][0]).__name__ == "_FusedPairSumBackward"
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-14)
@@ -140,9 +131,8 @@ def test_hand_written_stein_backward_equals_autograd(kernel, prior, estimator):
 
 def test_hand_written_stein_backward_is_twice_differentiable():
     """A second derivative through the ``sum_and_grads`` path falls back to autograd."""
-    SteinPair = _fused_stein()
     k, q = kernels.IMQ(0.5), priors.Laplace()
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64, requires_grad=True)
-    fused = lambda x: pairwise.pair_mean(SteinPair(k, 2), x, (q.score(x),), backend="dense")
+    fused = lambda x: F.ksd2(x, k, q, backend="dense")
     assert torch.autograd.gradcheck(fused, (z,))
     assert torch.autograd.gradgradcheck(fused, (z,))

@@ -94,3 +94,10 @@ def test_bad_specs(spec, match):
 def test_options_that_do_not_apply_are_refused(spec, unused):
     with pytest.raises(ValueError, match=f"{unused} do"):
         kerjepa.regularizer(**spec)
+
+
+def test_median_bandwidth_builds_and_resolves_per_batch():
+    z = torch.randn(32, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    reg = kerjepa.regularizer("mmd", gamma="median")
+    gamma = kernels.median_heuristic(z)
+    torch.testing.assert_close(reg(z), F.mmd2(z, kernels.Gaussian(gamma), priors.Gaussian()))
