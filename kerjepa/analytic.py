@@ -64,9 +64,10 @@ from . import _checks
 from . import kernels as _kernels
 from . import priors as _priors
 from .pairwise import DEFAULT_BLOCK, pair_mean
+from .slicing import projection_gamma
 from .special import Hyp1F1
 
-__all__ = ["analytic_sliced_mmd2", "analytic_sliced_ksd2", "resolve_gamma", "MMD_APPROX", "KSD_APPROX"]
+__all__ = ["analytic_sliced_mmd2", "analytic_sliced_ksd2", "MMD_APPROX", "KSD_APPROX"]
 
 MMD_APPROX = (None, "imq")
 KSD_APPROX = (None, "imq", "imq-rule")
@@ -89,17 +90,6 @@ def _check_combination(kernel, prior, fn_name):
         raise ValueError(f"{fn_name}: analytic slicing is implemented for a Gaussian kernel with a "
                          f"Gaussian prior only (kernels.Gaussian x priors.Gaussian); got "
                          f"{type(kernel).__name__} x {type(prior).__name__}")
-
-
-def resolve_gamma(kernel: _kernels.Gaussian, z: torch.Tensor) -> float:
-    """The bandwidth of the 1-D Gaussian kernel applied to projections of ``z`` (..., N, D).
-
-    A number is used as given; ``None`` gives 1/2; ``"median"`` gives D times the median
-    heuristic of all rows of ``z``.
-    """
-    if kernel.gamma == "median":
-        return z.shape[-1] * _kernels.median_heuristic(z.reshape(-1, z.shape[-1]))
-    return kernel.resolve(dim=1).gamma
 
 
 def _imq(c, scale, power):
@@ -152,7 +142,7 @@ def analytic_sliced_mmd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
     dim = z.shape[-1]
     if approx == "imq" and dim < 2:
         raise ValueError(f"approx='imq' needs D >= 2 (alpha = 4 gamma / (2D - 3)), got D = {dim}")
-    gamma = resolve_gamma(kernel, z)
+    gamma = projection_gamma(kernel, z)
     sigma2 = prior.sigma ** 2
     shrink = 1.0 + 2.0 * gamma * sigma2
     const = (1.0 + 4.0 * gamma * sigma2) ** -0.5
@@ -232,15 +222,15 @@ def analytic_sliced_ksd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
     dim = z.shape[-1]
     if approx is not None and dim < 2:
         raise ValueError(f"approx={approx!r} needs D >= 2 (alpha = 4 gamma / (2D - 3)), got D = {dim}")
-    gamma = resolve_gamma(kernel, z)
+    gamma = projection_gamma(kernel, z)
     inv_s4 = 1.0 / prior.sigma ** 4
     quad = 2.0 * gamma / prior.sigma ** 2 + 4.0 * gamma * gamma
 
     if dim == 1:  # the 1-D Stein kernel (DIGEST eq. 29): xi = +-1
-        def pair_fn(xa, xb, fa, fb, dot, r2):
+        def stein_1d(xa, xb, fa, fb, dot, r2):
             return (2.0 * gamma + dot * inv_s4 - quad * r2) * torch.exp(-gamma * r2)
 
-        return _checks.per_view(z, lambda x: pair_mean(pair_fn, x, (), estimator=estimator,
+        return _checks.per_view(z, lambda x: pair_mean(stein_1d, x, (), estimator=estimator,
                                                        backend=backend, block_size=block_size))
 
     if approx is None:

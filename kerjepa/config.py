@@ -34,7 +34,6 @@ grid search the paper ran over lambda and the bandwidth.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass, field

@@ -45,9 +45,9 @@ import torch
 
 from . import _checks
 from .kernels import Gaussian as _GaussianKernel
-from .kernels import median_heuristic, sqdist
+from .kernels import sqdist
 from .pairwise import DEFAULT_BLOCK, pair_mean
-from .slicing import gauss_hermite, resolve_directions
+from .slicing import gauss_hermite, projection_gamma, resolve_directions
 
 __all__ = ["stein_kernel", "ksd2", "sliced_ksd2"]
 
@@ -269,14 +269,6 @@ def ksd2(z: torch.Tensor, kernel, prior, estimator: str = "u", backend: str = "a
     return _checks.per_view(z, statistic)
 
 
-def _slice_gamma(kernel, z: torch.Tensor) -> float:
-    """Bandwidth of the 1-D Gaussian kernel applied to projections of ``z`` (..., N, D)."""
-    if kernel.gamma == "median":
-        # E (theta^T (x - y))^2 = ||x - y||^2 / D for a uniform unit theta; all views pooled
-        return z.shape[-1] * median_heuristic(z.reshape(-1, z.shape[-1]))
-    return kernel.resolve(dim=1).gamma
-
-
 def _sliced_ksd2_finite(x, theta, t, w, prior, estimator):
     """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D)."""
     n = x.shape[0]
@@ -393,7 +385,7 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
                          f"analytic slicing")
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     theta = resolve_directions(z, num_slices, directions, generator)
-    t, w = gauss_hermite(num_knots, _slice_gamma(kernel, z))
+    t, w = gauss_hermite(num_knots, projection_gamma(kernel, z))
     t, w = t.to(dtype=z.dtype, device=z.device), w.to(dtype=z.dtype, device=z.device)
 
     def statistic(x):

@@ -17,7 +17,7 @@ import torch
 
 from . import _checks, kernels as _kernels, priors as _priors
 from .pairwise import BACKENDS, DEFAULT_BLOCK, pair_mean
-from .slicing import gauss_hermite, resolve_directions
+from .slicing import gauss_hermite, projection_gamma, resolve_directions
 
 __all__ = ["mmd2", "sliced_mmd2", "epps_pulley", "kernel_prior_mean", "check_mmd2_route",
            "check_epps_pulley_grid", "NUM_MIXTURE_NODES"]
@@ -201,15 +201,6 @@ def _target_cf(prior, t, dim, target_cf):
     return prior.marginal_cf(t, dim)
 
 
-def _sliced_gamma(kernel, z):
-    """Bandwidth of the 1-D kernel applied to projections (None -> 1/2; median -> D * median rule)."""
-    if isinstance(kernel.gamma, float):
-        return kernel.gamma
-    if kernel.gamma is None:
-        return kernel.resolve(dim=1).gamma
-    return z.shape[-1] * _kernels.median_heuristic(z.reshape(-1, z.shape[-1]))
-
-
 def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, num_slices: int | None = 1024,
                 num_knots: int = 21, directions: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, estimator: str = "v",
@@ -287,7 +278,7 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
         _checks.positive_int(num_slices, "num_slices")
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     dirs = resolve_directions(z, num_slices, directions, generator)
-    gamma = _sliced_gamma(kernel, z)
+    gamma = projection_gamma(kernel, z)
     t, w = gauss_hermite(num_knots, gamma)
     t, w = t.to(z), w.to(z)
     target = _target_cf(prior, t, z.shape[-1], target_cf)

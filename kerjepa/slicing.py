@@ -12,9 +12,9 @@ import math
 import numpy as np
 import torch
 
-from . import _checks
+from . import _checks, kernels as _kernels
 
-__all__ = ["random_directions", "gauss_hermite", "resolve_directions"]
+__all__ = ["random_directions", "gauss_hermite", "resolve_directions", "projection_gamma"]
 
 #: floor on direction norms before normalising; a zero draw gives a zero direction, never NaN
 DIRECTION_EPS = 1e-12
@@ -59,3 +59,15 @@ def gauss_hermite(num_knots: int, gamma: float) -> tuple[torch.Tensor, torch.Ten
     x, w = np.polynomial.hermite.hermgauss(num_knots)
     t = torch.from_numpy(2.0 * math.sqrt(gamma) * x)
     return t, torch.from_numpy(w / math.sqrt(math.pi))
+
+
+def projection_gamma(kernel, z: torch.Tensor) -> float:
+    r"""Bandwidth of the 1-D Gaussian kernel that the sliced estimators apply to projections.
+
+    A number is used as given; ``None`` gives :math:`1/2` (the rule :math:`1/(2D)` with D = 1);
+    ``"median"`` gives D times the median heuristic of all rows of ``z`` (..., N, D), since a
+    uniform unit :math:`\theta` has :math:`\mathbb E(\theta^\top\delta)^2 = \|\delta\|^2/D`.
+    """
+    if kernel.gamma == "median":
+        return z.shape[-1] * _kernels.median_heuristic(z.reshape(-1, z.shape[-1]))
+    return kernel.resolve(dim=1).gamma
