@@ -301,9 +301,9 @@ def replace(cfg: Config, changes: dict) -> Config:
 # ---------------------------------------------------------------------------------------------
 # Presets
 
-#: lambda for the KSD rows (scale "kerjepa": KSD^2 itself). Ours, not the paper's (it reports none).
+#: Lambda of the KSD rows, which regularize KSD² itself (scale "kerjepa"). Ours; the paper reports none.
 KSD_LAMBDA = 200.0
-#: lambda for the MMD-family rows with scale "lejepa" (N*sqrt(2 pi)*MMD^2), transferred from LeJEPA's 0.02.
+#: Lambda of the MMD-family rows at LeJEPA's scale N·√(2π)·MMD², transferred from LeJEPA's 0.02.
 MMD_LAMBDA = 7.0
 
 
@@ -371,8 +371,8 @@ def _others() -> dict:
     }
 
 
-#: every named preset: ``default``, the eleven ``table1/*`` rows, the ``fig2/*`` (MMD) and ``fig3/*`` (KSD)
-#: grids of the paper's Figures 2–3, ``lejepa/minimal``, ``digits-cpu`` and ``smoke``
+#: Every named preset by name — ``default``, the eleven ``table1/*`` rows, the ``fig2/*`` (MMD) and
+#: ``fig3/*`` (KSD) grids of the paper's Figures 2–3, ``lejepa/minimal``, ``digits-cpu`` and ``smoke``.
 PRESETS: dict = {"default": Config(), **_table1(), **_fig_grid("mmd", "fig2"), **_fig_grid("ksd", "fig3"),
                  **_others()}
 

@@ -49,7 +49,7 @@ from .kernels import sqdist
 from .pairwise import DEFAULT_BLOCK, pair_mean
 from .slicing import gauss_hermite, projection_gamma, resolve_directions
 
-__all__ = ["stein_kernel", "ksd2", "sliced_ksd2"]
+__all__ = ["stein_kernel", "ksd2", "sliced_ksd2", "SteinPair"]
 
 ESTIMATORS = ("u", "v")
 

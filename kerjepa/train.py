@@ -195,11 +195,12 @@ def build_regularizer(cfg: Config) -> nn.Module:
 # Loss and schedule
 
 def alignment_loss(z: torch.Tensor, kind: str = "pairs") -> torch.Tensor:
-    """Invariance term on projections z of shape (V, N, D).
+    r"""Invariance term on projections z of shape (V, N, D).
 
-    ``"pairs"`` (paper eq. 16): (1 / (N |P|)) sum_n sum_{i<j} ||z_i - z_j||^2 with |P| = V(V-1)/2, computed
-    with sum_{i<j} ||z_i - z_j||^2 = V sum_i ||z_i - zbar||^2. ``"center_mse"`` (LeJEPA's minimal example):
-    the mean over views, images and coordinates of (zbar - z_i)^2, i.e. ``"pairs"`` / (2 V D / (V - 1)).
+    ``"pairs"`` (paper eq. 16): :math:`\frac{1}{N|\mathcal P|}\sum_n\sum_{i<j}\|z_i - z_j\|^2` with
+    :math:`|\mathcal P| = V(V-1)/2`, computed with :math:`\sum_{i<j}\|z_i - z_j\|^2 = V\sum_i\|z_i - \bar z\|^2`.
+    ``"center_mse"`` (LeJEPA's minimal example): the mean over views, images and coordinates of
+    :math:`(\bar z - z_i)^2`, i.e. ``"pairs"`` divided by :math:`2VD/(V - 1)`.
 
     Example:
         >>> z = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]])   # V=3 views of N=1 image, D=2
