@@ -11,11 +11,11 @@ statistic of the concatenated batch :math:`[z_0; \dots; z_{W-1}]` exactly (to ro
   :math:`O(N^2 D)` work is divided by W, and the partial sums are all-reduced.
 * **Finitely sliced** estimators draw the same directions on every rank: the regularizer's
   ``step`` counter is made equal on all ranks (all-reduce MAX) at its first call, and every
-  rank seeds its generator with ``seed + step``. The estimator is then evaluated on the
-  gathered batch, with N the global batch size. (:func:`local_rows` and :func:`row_mean` are
-  the hook for evaluating them on the local shard only, with one all-reduce of the (K, U)
-  characteristic functions, once the estimators take their row means through
-  :func:`row_mean`.)
+  rank seeds its generator with ``seed + step``. Each rank keeps its own rows
+  (:func:`local_rows`): the estimators take their means over rows through :func:`row_mean`,
+  one all-reduce of the (K, U) characteristic functions, with N the global batch size. (With
+  the data-dependent ``gamma="median"`` the rows are gathered instead, so the bandwidth is
+  that of the global batch.)
 
 Gradient convention
 -------------------

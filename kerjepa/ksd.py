@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import _checks, distributed
 from .kernels import Gaussian as _GaussianKernel
 from .kernels import sqdist
 from .pairwise import DEFAULT_BLOCK, pair_mean
@@ -271,20 +271,22 @@ def ksd2(z: torch.Tensor, kernel, prior, estimator: str = "u", backend: str = "a
 
 def _sliced_ksd2_finite(x, theta, t, w, prior, estimator):
     """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D)."""
-    n = x.shape[0]
+    n = distributed.global_rows(x.shape[0])
     p = x @ theta.T                       # (N, K) projections
     s = prior.score(x) @ theta.T          # (N, K) projected multivariate score
     arg = p[:, :, None] * t               # (N, K, U)
     cos, sin = torch.cos(arg), torch.sin(arg)
     s3 = s[:, :, None]
-    # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U)
-    re = (s3 * cos).mean(0) - t * sin.mean(0)
-    im = (s3 * sin).mean(0) + t * cos.mean(0)
+    # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U);
+    # row means over the global batch under a process group (kerjepa.distributed.local_rows)
+    mean = distributed.row_mean
+    re = mean(s3 * cos) - t * mean(sin)
+    im = mean(s3 * sin) + t * mean(cos)
     v = ((re * re + im * im) @ w).mean()
     if estimator == "v":
         return v
     # i == j terms: |(s_i + i t) e^{i t p_i}|^2 = s_i^2 + t^2, weighted, per slice
-    diag = (s * s).mean(0).mean() * w.sum() + (w * t * t).sum()
+    diag = mean(s * s).mean() * w.sum() + (w * t * t).sum()
     return (n * v - diag) / (n - 1)
 
 

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from . import _checks, kernels as _kernels, priors as _priors
+from . import _checks, distributed, kernels as _kernels, priors as _priors
 from .pairwise import BACKENDS, DEFAULT_BLOCK, pair_mean
 from .slicing import gauss_hermite, projection_gamma, resolve_directions
 
@@ -284,9 +284,9 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
     target = _target_cf(prior, t, z.shape[-1], target_cf)
 
     def statistic(x):
-        n = x.shape[0]
+        n = distributed.global_rows(x.shape[0])
         arg = (x @ dirs.T)[..., None] * t                                  # (N, K, U)
-        cos_mean, sin_mean = torch.cos(arg).mean(0), torch.sin(arg).mean(0)  # (K, U)
+        cos_mean, sin_mean = distributed.row_mean(torch.cos(arg)), distributed.row_mean(torch.sin(arg))  # (K, U)
         ecf_sq = cos_mean.square() + sin_mean.square()
         if estimator == "u":
             ecf_sq = (n * ecf_sq - 1.0) / (n - 1)
@@ -349,7 +349,7 @@ def epps_pulley(z: torch.Tensor, num_slices: int = 1024, t_max: float = 3.0, n_p
 
     def statistic(x):
         arg = (x @ dirs.T)[..., None] * t                                  # (N, K, T)
-        err = (torch.cos(arg).mean(0) - window).square() + torch.sin(arg).mean(0).square()
-        return (err * weights).sum(-1).mean() * x.shape[0]
+        err = (distributed.row_mean(torch.cos(arg)) - window).square() + distributed.row_mean(torch.sin(arg)).square()
+        return (err * weights).sum(-1).mean() * distributed.global_rows(x.shape[0])
 
     return _checks.per_view(z, statistic)

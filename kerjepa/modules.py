@@ -14,8 +14,9 @@ transfers to the Gaussian-kernel MMDs at :math:`\gamma = 1/2` (DIGEST §9.3).
 
 Distributed: under an initialised :mod:`torch.distributed` process group each rank passes
 its shard of the global batch and every module returns the statistic of the *global* batch
-(N = global rows); unsliced pair sums are split over the ranks, the ``step`` counter is
-synchronised (all-reduce MAX) at the first call so all ranks draw the same slices, and the
+(N = global rows); unsliced pair sums are split over the ranks, finitely sliced statistics
+all-reduce their characteristic functions, the ``step`` counter is synchronised (all-reduce
+MAX) at the first call so all ranks draw the same slices, and the
 gradient each rank gets for its rows is W times the single-process one, so that DDP's average
 is exact. See :mod:`kerjepa.distributed`. Without a process group nothing changes.
 """
@@ -52,10 +53,16 @@ class Regularizer(nn.Module):
         self.step += 1
         return gen
 
-    def _scaled(self, value: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _scaled(self, value: torch.Tensor, n: int) -> torch.Tensor:
+        """``value`` at the module's scale; ``n`` is the number of rows per view (global)."""
         if self.scale == "lejepa":
-            return value * (z.shape[-2] * math.sqrt(2.0 * math.pi))
+            return value * (n * math.sqrt(2.0 * math.pi))
         return value
+
+    @property
+    def _row_means_only(self) -> bool:
+        """Whether the statistic reduces rows only through means (so each rank keeps its shard)."""
+        return False
 
     def statistic(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -71,15 +78,18 @@ class Regularizer(nn.Module):
         batch (module docstring; :mod:`kerjepa.distributed`).
         """
         if not distributed.is_active():
-            return self._scaled(self.statistic(z), z)
+            return self._scaled(self.statistic(z), z.shape[-2])
         z = _checks.embeddings(z)
         if not self._step_synced:
             distributed.sync_max_(self.step)
             self._step_synced = True
+        if self._row_means_only:  # finite slicing: all-reduce the (K, U) characteristic functions
+            with distributed.local_rows(z):
+                return self._scaled(self.statistic(z), distributed.global_rows(z.shape[-2]))
         z = distributed.gather_rows(z)
         with distributed.sharded_pairs():
             value = self.statistic(z)
-        return self._scaled(value, z)
+        return self._scaled(value, z.shape[-2])
 
 
 class _KernelPriorRegularizer(Regularizer):
@@ -129,6 +139,10 @@ class _Sliced(_KernelPriorRegularizer):
         self.num_knots = _checks.positive_int(num_knots, "num_knots")
         self.approx = approx
 
+    @property
+    def _row_means_only(self):
+        return self.num_slices is not None and self.kernel.bandwidth != "median"
+
     def extra_repr(self):
         k = "analytic" if self.num_slices is None else self.num_slices
         return f"{super().extra_repr()}, num_slices={k}"
@@ -166,6 +180,8 @@ class EppsPulley(Regularizer):
         self.num_slices = _checks.positive_int(num_slices, "num_slices")
         self.t_max, self.n_points = t_max, n_points
         mmd.check_epps_pulley_grid(t_max, n_points)
+
+    _row_means_only = True
 
     def statistic(self, z):
         return F.epps_pulley(z, self.num_slices, self.t_max, self.n_points, generator=self._generator(z.device))
