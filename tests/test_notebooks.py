@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
+from book_toc import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -34,22 +34,6 @@ def _source(cell) -> str:
 
 def _markdown(nb) -> str:
     return "\n".join(_source(c) for c in nb.cells if c.cell_type == "markdown")
-
-
-def _toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for key in ("parts", "chapters", "sections"):
-                for child in node.get(key) or []:
-                    walk(child)
-
-    walk(toc)
-    return files
 
 
 def test_there_are_chapters():
@@ -93,13 +77,13 @@ def test_labels_unique_and_in_toc():
         if label:
             assert label.group(1) not in labels, f"label {label.group(1)} used twice"
             labels[label.group(1)] = path.name
-    toc = set(_toc_files())
+    toc = set(toc_files())
     missing = [p.name for p in CHAPTERS if f"book/{p.stem}" not in toc]
     assert not missing, f"chapters not listed in _toc.yml: {missing}"
 
 
 def test_toc_entries_exist():
-    for entry in _toc_files():
+    for entry in toc_files():
         candidates = [ROOT / f"{entry}{ext}" for ext in (".ipynb", ".md")]
         assert any(c.is_file() for c in candidates), f"_toc.yml lists {entry}, which does not exist"
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from book_toc import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -44,25 +44,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 PAGE_TIMEOUT_S = 60.0
 
 
-def _toc_files() -> list[str]:
-    """Every file of ``_toc.yml`` in order (root first), without extension."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for key in ("parts", "chapters", "sections"):
-                for child in node.get(key, []) or []:
-                    walk(child)
-
-    walk(toc)
-    return files
-
-
-CHAPTERS = [f for f in _toc_files() if re.search(r"(^|/)\d\d_[^/]*$", f)]
-PAGES = [_toc_files()[0]] + CHAPTERS
+CHAPTERS = [f for f in toc_files() if re.search(r"(^|/)\d\d_[^/]*$", f)]
+PAGES = [toc_files()[0]] + CHAPTERS
 
 
 def _chromium() -> str | None:
