@@ -76,20 +76,21 @@ _SERIES_BELOW = 0.05
 _SERIES_TERMS = 8
 
 
-def _check_approx(approx, options):
-    if approx not in options:
-        names = ", ".join(repr(o) for o in options)
-        raise ValueError(f"approx must be one of {names}, got {approx!r}")
-    return approx
-
-
-def _check_combination(kernel, prior, fn_name):
+def _validated(z, kernel, prior, estimator, approx, approx_options, fn_name):
+    """Check the arguments shared by both estimators; return ``(z, D, gamma)``."""
     _checks.kernel_instance(kernel)
     _checks.prior_instance(prior)
     if not isinstance(kernel, _kernels.Gaussian) or not isinstance(prior, _priors.Gaussian):
         raise ValueError(f"{fn_name}: analytic slicing is implemented for a Gaussian kernel with a "
                          f"Gaussian prior only (kernels.Gaussian x priors.Gaussian); got "
                          f"{type(kernel).__name__} x {type(prior).__name__}")
+    _checks.choice(estimator, "estimator", ("u", "v"))
+    _checks.choice(approx, "approx", approx_options)
+    z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
+    dim = z.shape[-1]
+    if approx is not None and dim < 2:
+        raise ValueError(f"approx={approx!r} needs D >= 2 (alpha = 4 gamma / (2D - 3)), got D = {dim}")
+    return z, dim, projection_gamma(kernel, z)
 
 
 def _imq(c, scale, power):
@@ -135,14 +136,7 @@ def analytic_sliced_mmd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
         >>> analytic_sliced_mmd2(z, kernels.Gaussian(0.5), priors.Gaussian(1.0))
         tensor(0.0989, dtype=torch.float64)
     """
-    _check_combination(kernel, prior, "analytic_sliced_mmd2")
-    _checks.choice(estimator, "estimator", ("u", "v"))
-    _check_approx(approx, MMD_APPROX)
-    z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
-    dim = z.shape[-1]
-    if approx == "imq" and dim < 2:
-        raise ValueError(f"approx='imq' needs D >= 2 (alpha = 4 gamma / (2D - 3)), got D = {dim}")
-    gamma = projection_gamma(kernel, z)
+    z, dim, gamma = _validated(z, kernel, prior, estimator, approx, MMD_APPROX, "analytic_sliced_mmd2")
     sigma2 = prior.sigma ** 2
     shrink = 1.0 + 2.0 * gamma * sigma2
     const = (1.0 + 4.0 * gamma * sigma2) ** -0.5
@@ -215,14 +209,7 @@ def analytic_sliced_ksd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
         >>> analytic_sliced_ksd2(z, kernels.Gaussian(0.5), priors.Gaussian(1.0))
         tensor(0.4316, dtype=torch.float64)
     """
-    _check_combination(kernel, prior, "analytic_sliced_ksd2")
-    _checks.choice(estimator, "estimator", ("u", "v"))
-    _check_approx(approx, KSD_APPROX)
-    z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
-    dim = z.shape[-1]
-    if approx is not None and dim < 2:
-        raise ValueError(f"approx={approx!r} needs D >= 2 (alpha = 4 gamma / (2D - 3)), got D = {dim}")
-    gamma = projection_gamma(kernel, z)
+    z, dim, gamma = _validated(z, kernel, prior, estimator, approx, KSD_APPROX, "analytic_sliced_ksd2")
     inv_s4 = 1.0 / prior.sigma ** 4
     quad = 2.0 * gamma / prior.sigma ** 2 + 4.0 * gamma * gamma
 
