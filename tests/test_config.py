@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 import kerjepa
-from kerjepa import config as C
+from kerjepa.training import config as C
 
 
 def test_preset_families():

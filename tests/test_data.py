@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kerjepa import data as kdata
-from kerjepa.config import get_preset
+from kerjepa.training import data as kdata
+from kerjepa.training.config import get_preset
 
 
 def make_imagenette(root, per_class: int = 2, size: int = 40, classes=kdata.IMAGENETTE_WNIDS[:3],

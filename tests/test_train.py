@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import kerjepa
-from kerjepa import data as kdata
-from kerjepa import train as T
-from kerjepa.config import get_preset
+from kerjepa.training import data as kdata
+from kerjepa.training import loop as T
+from kerjepa.training.config import get_preset
 from test_data import make_imagenette
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
@@ -128,7 +128,7 @@ KILL_AT_STEP = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return step(self, *a, **k)
     torch.optim.AdamW.step = killing_step
-    from kerjepa.train import main
+    from kerjepa.training.loop import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -160,7 +160,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 GRADIENTS_THEN_TRAIN = textwrap.dedent("""
     # argv: OUT_DIR --key=value ... ; run as a single process or under torchrun
     import sys, torch
-    from kerjepa import config, data, train as T
+    from kerjepa.training import config, data, loop as T
     out, overrides = sys.argv[1], sys.argv[2:]
     cfg = config.from_args("digits-cpu", None, overrides)
     dist = T.setup_distributed(cfg)
