@@ -4,9 +4,10 @@
 >>> reg = kerjepa.regularizer("mmd", kernel="gaussian", prior="gaussian")
 """
 from . import functional, kernels, priors, slicing
+from .alignment import alignment_loss
 from .modules import EppsPulley, KSD, MMD, Regularizer, SlicedKSD, SlicedMMD, regularizer
 
 __version__ = "0.1.0"
 
 __all__ = ["functional", "kernels", "priors", "slicing", "regularizer", "Regularizer",
-           "MMD", "KSD", "SlicedMMD", "SlicedKSD", "EppsPulley", "__version__"]
+           "MMD", "KSD", "SlicedMMD", "SlicedKSD", "EppsPulley", "alignment_loss", "__version__"]

@@ -34,10 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..alignment import alignment_loss
 from . import data as kdata
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
 
-__all__ = ["train", "main", "TrainingError", "lr_factor", "alignment_loss", "KerJEPANet", "build_model",
+__all__ = ["train", "main", "TrainingError", "lr_factor", "KerJEPANet", "build_model",
            "build_regularizer", "param_groups", "compute_loss", "knn_accuracy", "linear_probe_accuracy",
            "load_checkpoint", "save_checkpoint", "evaluate_frozen"]
 
@@ -193,25 +194,6 @@ def build_regularizer(cfg: Config) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------
 # Loss and schedule
-
-def alignment_loss(z: torch.Tensor, kind: str = "pairs") -> torch.Tensor:
-    r"""Invariance term on projections z of shape (V, N, D).
-
-    ``"pairs"`` (paper eq. 16): :math:`\frac{1}{N|\mathcal P|}\sum_n\sum_{i<j}\|z_i - z_j\|^2` with
-    :math:`|\mathcal P| = V(V-1)/2`, computed with :math:`\sum_{i<j}\|z_i - z_j\|^2 = V\sum_i\|z_i - \bar z\|^2`.
-    ``"center_mse"`` (LeJEPA's minimal example): the mean over views, images and coordinates of
-    :math:`(\bar z - z_i)^2`, i.e. ``"pairs"`` divided by :math:`2VD/(V - 1)`.
-
-    Example:
-        >>> z = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]])   # V=3 views of N=1 image, D=2
-        >>> round(float(alignment_loss(z)), 6)                             # (1 + 1 + 2) / 3 pairs
-        1.333333
-    """
-    centered = z - z.mean(0, keepdim=True)
-    if kind == "center_mse":
-        return centered.square().mean()
-    return 2.0 / (z.shape[0] - 1) * centered.square().sum((0, 2)).mean()
-
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, start_factor: float = 0.01,
               min_ratio: float = 1e-3) -> float:
