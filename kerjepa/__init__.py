@@ -3,11 +3,11 @@
 >>> import kerjepa
 >>> reg = kerjepa.regularizer("mmd", kernel="gaussian", prior="gaussian")
 """
-from . import functional, kernels, priors, slicing
+from . import calibration, functional, kernels, priors, slicing
 from .alignment import alignment_loss
 from .modules import EppsPulley, KSD, MMD, Regularizer, SlicedKSD, SlicedMMD, regularizer
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "kernels", "priors", "slicing", "regularizer", "Regularizer",
+__all__ = ["calibration", "functional", "kernels", "priors", "slicing", "regularizer", "Regularizer",
            "MMD", "KSD", "SlicedMMD", "SlicedKSD", "EppsPulley", "alignment_loss", "__version__"]

@@ -23,7 +23,7 @@ import torch
 
 from . import _checks
 
-__all__ = ["Prior", "Gaussian", "Laplace", "StudentT", "get"]
+__all__ = ["Prior", "Gaussian", "Laplace", "StudentT", "get", "unit_variance_sigma"]
 
 
 def _uniform(n, dim, generator, dtype):
@@ -216,3 +216,31 @@ def get(name: str, **params) -> Prior:
     """Build a prior by name (``"gaussian"``, ``"laplace"``, ``"student_t"``)."""
     _checks.choice(name, "prior", _PRIORS)
     return _PRIORS[name](**params)
+
+
+def unit_variance_sigma(name: str, dim: int, nu: float | None = None) -> float:
+    r"""The scale :math:`\sigma` at which prior ``name`` in dimension ``dim`` has covariance :math:`I_D`.
+
+    The scale convention of the presets: every prior is compared at unit per-coordinate
+    variance, so that one kernel bandwidth suits all of them (a radius of about :math:`\sqrt D`).
+
+    * Gaussian :math:`N(0, \sigma^2 I)`: :math:`\sigma = 1`.
+    * Laplace (Table 2), radius :math:`\mathrm{Gamma}(D, \sigma)`: :math:`E\|Y\|^2 = D(D+1)\sigma^2`,
+      so :math:`\sigma = 1/\sqrt{D+1}`.
+    * Student-t :math:`t_\nu(0, \sigma^2 I)`: covariance :math:`\nu\sigma^2/(\nu-2)\,I`, so
+      :math:`\sigma = \sqrt{(\nu-2)/\nu}`; defined for :math:`\nu > 2` only.
+
+    Example:
+        >>> round(unit_variance_sigma("laplace", 3), 6)
+        0.5
+    """
+    _checks.choice(name, "prior", _PRIORS)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    if name == "gaussian":
+        return 1.0
+    if name == "laplace":
+        return 1.0 / math.sqrt(dim + 1)
+    if nu is None or isinstance(nu, bool) or not isinstance(nu, (int, float)) or not nu > 2:
+        raise ValueError(f"nu must be a number > 2 for a Student-t prior of finite variance, got {nu!r}")
+    return math.sqrt((nu - 2) / nu)

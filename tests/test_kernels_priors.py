@@ -111,3 +111,20 @@ def test_factories_name_the_valid_choices():
         priors.get("cauchy")
     with pytest.raises(TypeError, match="sigma"):
         priors.Gaussian(sigma="1")
+
+
+@pytest.mark.parametrize("name,nu", [("gaussian", None), ("laplace", None), ("student_t", 5.0)])
+def test_unit_variance_sigma_gives_identity_covariance(name, nu):
+    dim, n = 6, 200_000
+    params = {"nu": nu} if nu else {}
+    sigma = priors.unit_variance_sigma(name, dim, **params)
+    y = priors.get(name, sigma=sigma, **params).sample(n, dim, generator=torch.Generator().manual_seed(3),
+                                                      dtype=torch.float64)
+    var = y.square().mean(0)
+    # the per-coordinate second moment is 1 up to Monte Carlo error (Student-t nu=5 has a heavy 4th moment)
+    assert (var - 1).abs().max() < 0.05, var
+
+
+def test_unit_variance_sigma_rejects_infinite_variance():
+    with pytest.raises(ValueError, match="nu must be a number > 2"):
+        priors.unit_variance_sigma("student_t", 4, nu=2.0)
