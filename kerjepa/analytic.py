@@ -67,7 +67,7 @@ from .pairwise import DEFAULT_BLOCK, pair_mean
 from .slicing import projection_gamma
 from .special import Hyp1F1
 
-__all__ = ["analytic_sliced_mmd2", "analytic_sliced_ksd2", "MMD_APPROX", "KSD_APPROX"]
+__all__ = ["analytic_sliced_mmd2", "analytic_sliced_ksd2", "check_analytic_options", "MMD_APPROX", "KSD_APPROX"]
 
 MMD_APPROX = (None, "imq")
 KSD_APPROX = (None, "imq", "imq-rule")
@@ -76,16 +76,25 @@ _SERIES_BELOW = 0.05
 _SERIES_TERMS = 8
 
 
-def _validated(z, kernel, prior, estimator, approx, approx_options, fn_name):
-    """Check the arguments shared by both estimators; return ``(z, D, gamma)``."""
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
+def check_analytic_options(kernel, prior, estimator, approx, approx_options, fn_name: str) -> None:
+    """Raise unless analytic slicing accepts this kernel, prior, ``estimator`` and ``approx``.
+
+    The hyperparameter checks of both estimators, shared with the sliced functions and modules
+    (which run them when they are built).
+    """
+    _kernels.check_kernel(kernel)
+    _priors.check_prior(prior)
     if not isinstance(kernel, _kernels.Gaussian) or not isinstance(prior, _priors.Gaussian):
         raise ValueError(f"{fn_name}: analytic slicing is implemented for a Gaussian kernel with a "
                          f"Gaussian prior only (kernels.Gaussian x priors.Gaussian); got "
                          f"{type(kernel).__name__} x {type(prior).__name__}")
     _checks.choice(estimator, "estimator", ("u", "v"))
     _checks.choice(approx, "approx", approx_options)
+
+
+def _validated(z, kernel, prior, estimator, approx, approx_options, fn_name):
+    """Check the arguments shared by both estimators; return ``(z, D, gamma)``."""
+    check_analytic_options(kernel, prior, estimator, approx, approx_options, fn_name)
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     dim = z.shape[-1]
     if approx is not None and dim < 2:

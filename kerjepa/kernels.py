@@ -20,11 +20,14 @@ Call :meth:`Kernel.resolve` to turn the rule into a number for a given batch.
 """
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 
 from . import _checks
 
-__all__ = ["Kernel", "Gaussian", "IMQ", "sqdist", "median_heuristic", "get"]
+__all__ = ["Kernel", "Gaussian", "IMQ", "sqdist", "median_heuristic", "get", "check_kernel"]
 
 
 def sqdist(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,10 +55,27 @@ def median_heuristic(z: torch.Tensor) -> float:
     Args:
         z: (N, D) with N >= 2.
     """
-    z = _checks.embeddings(z, min_rows=2, allow_views=False).detach()
+    z = _checks.embeddings(z, min_rows=2, allow_views=False)
+    gamma = _median_gamma(z)
+    if math.isnan(gamma):
+        raise ValueError("median heuristic: z holds NaN or Inf values")
+    return gamma
+
+
+def _median_gamma(z: torch.Tensor) -> float:
+    """:func:`median_heuristic` of rows z (N, D), unchecked but for N >= 2. One host synchronisation.
+
+    NaN when ``z`` holds NaN or Inf, so that the statistic is NaN (the library's rule for
+    non-finite input); :func:`median_heuristic` itself raises then.
+    """
+    if z.shape[0] < 2:
+        raise ValueError(f"the 'median' bandwidth needs at least 2 rows, got {z.shape[0]}")
+    z = z.detach()
     r2 = sqdist(z)
     i, j = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     med = float(r2[i, j].median())
+    if math.isnan(med) or math.isinf(med):  # non-finite z: the statistic is NaN, as without the median
+        return math.nan
     if med <= 0:
         raise ValueError("median heuristic: the median pairwise distance of z is 0 "
                          "(most rows coincide); pass an explicit bandwidth")
@@ -99,7 +119,11 @@ class Kernel:
         else:
             if z is None:
                 raise ValueError(f"{type(self).__name__}: {self.bandwidth_name}='median' needs the data")
-            value = median_heuristic(z.reshape(-1, z.shape[-1]))
+            value = _median_gamma(z.reshape(-1, z.shape[-1]))
+            if math.isnan(value):  # non-finite data: a NaN bandwidth, so a NaN statistic
+                resolved = copy.copy(self)
+                setattr(resolved, self.bandwidth_name, value)
+                return resolved
         return self._with_bandwidth(value)
 
     def _with_bandwidth(self, value: float) -> "Kernel":
@@ -201,6 +225,14 @@ class IMQ(Kernel):
 
 
 _KERNELS = {"gaussian": Gaussian, "imq": IMQ}
+
+
+def check_kernel(kernel, name: str = "kernel") -> Kernel:
+    """Return ``kernel`` if it is a :class:`Kernel`, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"{name} must be a kerjepa.kernels.Kernel (Gaussian or IMQ), "
+                        f"got {type(kernel).__name__}")
+    return kernel
 
 
 def get(name: str, **params) -> Kernel:

@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, distributed
+from . import _checks, distributed, kernels as _kernels, priors as _priors
+from .analytic import KSD_APPROX, analytic_sliced_ksd2, check_analytic_options
 from .kernels import Gaussian as _GaussianKernel
 from .kernels import sqdist
-from .pairwise import DEFAULT_BLOCK, pair_mean
+from .pairwise import BACKENDS, DEFAULT_BLOCK, pair_mean
 from .slicing import gauss_hermite, projection_gamma, resolve_directions
 
-__all__ = ["stein_kernel", "ksd2", "sliced_ksd2", "SteinPair"]
+__all__ = ["stein_kernel", "ksd2", "sliced_ksd2", "SteinPair", "check_ksd2_options", "check_sliced_ksd2_options"]
 
 ESTIMATORS = ("u", "v")
 
@@ -190,12 +191,13 @@ def stein_kernel(x: torch.Tensor, y: torch.Tensor | None, kernel, prior) -> torc
         tensor([[ 1.0000, -0.6065],
                 [-0.6065,  2.0000]], dtype=torch.float64)
     """
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
+    _kernels.check_kernel(kernel)
+    _priors.check_prior(prior)
     x = _checks.embeddings(x, name="x", allow_views=False)
     same = y is None
     if not same:
         y = _checks.embeddings(y, name="y", allow_views=False)
+        _checks.same_device(x, y, "y", "x")
         if y.shape[1] != x.shape[1]:
             raise ValueError(f"x and y must have the same number of features D, got x of shape "
                              f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
@@ -256,11 +258,23 @@ def ksd2(z: torch.Tensor, kernel, prior, estimator: str = "u", backend: str = "a
         >>> round(float(ksd2(z, kernels.IMQ(alpha=0.5), priors.Gaussian(), estimator="v")), 6)
         0.507461
     """
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
-    _checks.choice(estimator, "estimator", ESTIMATORS)
+    check_ksd2_options(kernel, prior, estimator, backend, block_size)
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
+    return _ksd2(z, kernel, prior, estimator, backend, block_size)
 
+
+def check_ksd2_options(kernel, prior, estimator: str = "u", backend: str = "auto",
+                       block_size: int = DEFAULT_BLOCK) -> None:
+    """Raise unless :func:`ksd2` accepts these options (shared with :class:`kerjepa.KSD`)."""
+    _kernels.check_kernel(kernel)
+    _priors.check_prior(prior)
+    _checks.choice(estimator, "estimator", ESTIMATORS)
+    _checks.choice(backend, "backend", BACKENDS)
+    _checks.positive_int(block_size, "block_size")
+
+
+def _ksd2(z, kernel, prior, estimator, backend, block_size):
+    """:func:`ksd2` on checked arguments."""
     def statistic(x):
         k = kernel.resolve(x)
         return pair_mean(SteinPair(k, x.shape[-1]), x, (prior.score(x),), estimator=estimator,
@@ -288,6 +302,36 @@ def _sliced_ksd2_finite(x, theta, t, w, prior, estimator):
     # i == j terms: |(s_i + i t) e^{i t p_i}|^2 = s_i^2 + t^2, weighted, per slice
     diag = mean(s * s).mean() * w.sum() + (w * t * t).sum()
     return (n * v - diag) / (n - 1)
+
+
+def check_sliced_ksd2_options(kernel, prior, num_slices=1024, num_knots: int = 21, estimator: str = "v",
+                              approx=None, backend: str = "auto", block_size: int = DEFAULT_BLOCK,
+                              fixed_directions: bool = False) -> None:
+    """Raise unless :func:`sliced_ksd2` accepts these options (shared with :class:`kerjepa.SlicedKSD`).
+
+    ``fixed_directions``: whether ``directions=`` is given (then ``num_slices`` is not used).
+    """
+    _kernels.check_kernel(kernel)
+    _priors.check_prior(prior)
+    _checks.choice(estimator, "estimator", ESTIMATORS)
+    if num_slices is None and not fixed_directions:
+        check_analytic_options(kernel, prior, estimator, approx, KSD_APPROX, "sliced_ksd2")
+        _checks.choice(backend, "backend", BACKENDS)
+        _checks.positive_int(block_size, "block_size")
+        return
+    if not fixed_directions:
+        _checks.positive_int(num_slices, "num_slices")
+    _checks.positive_int(num_knots, "num_knots")
+    if approx is not None:
+        raise ValueError(f"approx={approx!r} applies only to analytic slicing (num_slices=None "
+                         f"and directions=None)")
+    if not isinstance(kernel, _GaussianKernel):
+        raise ValueError(f"finite slicing (num_slices=int or directions=...) supports only the "
+                         f"Gaussian kernel, got {kernel!r}: the Gauss-Hermite rule integrates "
+                         f"against the Gaussian kernel's spectral density. Supported: "
+                         f"sliced_ksd2 with kernels.Gaussian and any prior (Gaussian, Laplace, "
+                         f"StudentT); ksd2 (unsliced) with any kernel; num_slices=None for "
+                         f"analytic slicing")
 
 
 def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, num_knots: int = 21,
@@ -365,26 +409,11 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
         >>> round(float(value), 6)
         0.262376
     """
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
-    _checks.choice(estimator, "estimator", ESTIMATORS)
+    check_sliced_ksd2_options(kernel, prior, num_slices, num_knots, estimator, approx, backend,
+                              block_size, fixed_directions=directions is not None)
     if num_slices is None and directions is None:
-        from .analytic import analytic_sliced_ksd2
         return analytic_sliced_ksd2(z, kernel, prior, estimator=estimator, approx=approx,
                                     backend=backend, block_size=block_size)
-    if directions is None:
-        _checks.positive_int(num_slices, "num_slices")
-    _checks.positive_int(num_knots, "num_knots")
-    if approx is not None:
-        raise ValueError(f"approx={approx!r} applies only to analytic slicing (num_slices=None "
-                         f"and directions=None)")
-    if not isinstance(kernel, _GaussianKernel):
-        raise ValueError(f"finite slicing (num_slices=int or directions=...) supports only the "
-                         f"Gaussian kernel, got {kernel!r}: the Gauss-Hermite rule integrates "
-                         f"against the Gaussian kernel's spectral density. Supported: "
-                         f"sliced_ksd2 with kernels.Gaussian and any prior (Gaussian, Laplace, "
-                         f"StudentT); ksd2 (unsliced) with any kernel; num_slices=None for "
-                         f"analytic slicing")
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     theta = resolve_directions(z, num_slices, directions, generator)
     t, w = gauss_hermite(num_knots, projection_gamma(kernel, z))

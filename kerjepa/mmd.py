@@ -16,11 +16,12 @@ import math
 import torch
 
 from . import _checks, distributed, kernels as _kernels, priors as _priors
+from .analytic import MMD_APPROX, analytic_sliced_mmd2, check_analytic_options
 from .pairwise import BACKENDS, DEFAULT_BLOCK, pair_mean
 from .slicing import gauss_hermite, projection_gamma, resolve_directions
 
-__all__ = ["mmd2", "sliced_mmd2", "epps_pulley", "kernel_prior_mean", "check_mmd2_route",
-           "check_epps_pulley_grid", "NUM_MIXTURE_NODES"]
+__all__ = ["mmd2", "sliced_mmd2", "epps_pulley", "kernel_prior_mean", "check_mmd2_options",
+           "check_sliced_mmd2_options", "check_epps_pulley_options", "NUM_MIXTURE_NODES"]
 
 #: trapezoid nodes for the IMQ kernel's Gamma scale mixture (about 1e-12 relative error)
 NUM_MIXTURE_NODES = 256
@@ -106,10 +107,18 @@ def _kernel_pair_fn(kernel):
     return pair_fn
 
 
-def check_mmd2_route(kernel, prior, prior_samples, estimator: str = "u") -> None:
-    """Raise unless :func:`mmd2` has a route for this kernel × prior (exact, or ``prior_samples``)."""
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
+def check_mmd2_options(kernel, prior, estimator: str = "u", prior_samples=None, backend: str = "auto",
+                       block_size: int = DEFAULT_BLOCK) -> None:
+    """Raise unless :func:`mmd2` accepts these options and has a route for this kernel × prior.
+
+    The hyperparameter checks of :func:`mmd2`, shared with :class:`kerjepa.MMD` (which runs
+    them when it is built).
+    """
+    _kernels.check_kernel(kernel)
+    _priors.check_prior(prior)
+    _checks.choice(estimator, "estimator", ("u", "v"))
+    _checks.choice(backend, "backend", BACKENDS)
+    _checks.positive_int(block_size, "block_size")
     if prior_samples is not None:
         _checks.positive_int(prior_samples, "prior_samples", minimum=2 if estimator == "u" else 1)
     elif not (isinstance(prior, _priors.Gaussian) and isinstance(kernel, (_kernels.Gaussian, _kernels.IMQ))):
@@ -167,11 +176,13 @@ def mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, estimat
         >>> float(mmd2(z, kernels.Gaussian(), priors.Gaussian())) < 1e-2
         True
     """
-    _checks.choice(estimator, "estimator", ("u", "v"))
-    _checks.choice(backend, "backend", BACKENDS)
+    check_mmd2_options(kernel, prior, estimator, prior_samples, backend, block_size)
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
-    check_mmd2_route(kernel, prior, prior_samples, estimator)
+    return _mmd2(z, kernel, prior, estimator, prior_samples, generator, backend, block_size)
 
+
+def _mmd2(z, kernel, prior, estimator, prior_samples, generator, backend, block_size):
+    """:func:`mmd2` on checked arguments."""
     def statistic(x):
         k = kernel.resolve(x)
         pair = pair_mean(_kernel_pair_fn(k), x, estimator=estimator, backend=backend, block_size=block_size)
@@ -189,6 +200,38 @@ def mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, estimat
 # Sliced MMD
 # --------------------------------------------------------------------------------------------
 TARGET_CFS = ("marginal", "paper")
+
+
+def check_sliced_mmd2_options(kernel, prior, num_slices=1024, num_knots: int = 21, estimator: str = "v",
+                              target_cf: str = "marginal", approx=None, backend: str = "auto",
+                              block_size: int = DEFAULT_BLOCK, fixed_directions: bool = False) -> None:
+    """Raise unless :func:`sliced_mmd2` accepts these options (shared with :class:`kerjepa.SlicedMMD`).
+
+    ``fixed_directions``: whether ``directions=`` is given (then ``num_slices`` is not used).
+    """
+    _kernels.check_kernel(kernel)
+    _priors.check_prior(prior)
+    _checks.choice(estimator, "estimator", ("u", "v"))
+    _checks.choice(target_cf, "target_cf", TARGET_CFS)
+    if not isinstance(kernel, _kernels.Gaussian):
+        raise ValueError(f"sliced_mmd2 needs a Gaussian kernel (its spectral density is the quadrature "
+                         f"weight); got {type(kernel).__name__}. Use mmd2 for the IMQ kernel")
+    if num_slices is None and not fixed_directions:
+        if target_cf != "marginal":
+            raise ValueError(f"target_cf={target_cf!r} applies to finite slicing only (num_slices=K); "
+                             f"analytic slicing (num_slices=None) uses the exact marginal")
+        check_analytic_options(kernel, prior, estimator, approx, MMD_APPROX, "sliced_mmd2")
+        _checks.choice(backend, "backend", BACKENDS)
+        _checks.positive_int(block_size, "block_size")
+        return
+    if approx is not None:
+        raise ValueError(f"approx={approx!r} applies to analytic slicing (num_slices=None) only")
+    if not fixed_directions:
+        _checks.positive_int(num_slices, "num_slices")
+    _checks.positive_int(num_knots, "num_knots")
+    if target_cf == "paper" and isinstance(prior, _priors.StudentT):
+        raise ValueError("target_cf='paper' (Figure 1's 1-D targets) exists for the Gaussian and "
+                         "Laplace priors only; the Student-t prior uses target_cf='marginal'")
 
 
 def _target_cf(prior, t, dim, target_cf):
@@ -259,23 +302,11 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
         >>> float(sliced_mmd2(z, kernels.Gaussian(), priors.Gaussian(), num_slices=64, generator=g)) < 1e-2
         True
     """
-    _checks.choice(estimator, "estimator", ("u", "v"))
-    _checks.choice(target_cf, "target_cf", TARGET_CFS)
-    _checks.kernel_instance(kernel)
-    _checks.prior_instance(prior)
-    if not isinstance(kernel, _kernels.Gaussian):
-        raise ValueError(f"sliced_mmd2 needs a Gaussian kernel (its spectral density is the quadrature "
-                         f"weight); got {type(kernel).__name__}. Use mmd2 for the IMQ kernel")
+    check_sliced_mmd2_options(kernel, prior, num_slices, num_knots, estimator, target_cf, approx,
+                              backend, block_size, fixed_directions=directions is not None)
     if num_slices is None and directions is None:
-        if target_cf != "marginal":
-            raise ValueError("target_cf applies to finite slicing only (num_slices=K)")
-        from .analytic import analytic_sliced_mmd2
         return analytic_sliced_mmd2(z, kernel, prior, estimator=estimator, approx=approx,
                                     backend=backend, block_size=block_size)
-    if approx is not None:
-        raise ValueError(f"approx={approx!r} applies to analytic slicing (num_slices=None) only")
-    if directions is None:
-        _checks.positive_int(num_slices, "num_slices")
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     dirs = resolve_directions(z, num_slices, directions, generator)
     gamma = projection_gamma(kernel, z)
@@ -299,8 +330,12 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
 # --------------------------------------------------------------------------------------------
 # LeJEPA's Epps–Pulley / SIGReg
 # --------------------------------------------------------------------------------------------
-def check_epps_pulley_grid(t_max: float, n_points: int) -> None:
-    """Raise unless ``t_max > 0`` and ``n_points`` is an odd int >= 3."""
+def check_epps_pulley_options(num_slices: int = 1024, t_max: float = 3.0, n_points: int = 17,
+                              fixed_directions: bool = False) -> None:
+    """Raise unless ``num_slices`` >= 1 (without fixed directions), ``t_max > 0`` and ``n_points``
+    is an odd int >= 3 (shared with :class:`kerjepa.EppsPulley`)."""
+    if not fixed_directions:
+        _checks.positive_int(num_slices, "num_slices")
     _checks.positive(t_max, "t_max")
     _checks.positive_int(n_points, "n_points", minimum=3)
     if n_points % 2 == 0:
@@ -335,9 +370,7 @@ def epps_pulley(z: torch.Tensor, num_slices: int = 1024, t_max: float = 3.0, n_p
         >>> bool(epps_pulley(z + 1.0, directions=torch.eye(8)) > epps_pulley(z, directions=torch.eye(8)))
         True
     """
-    check_epps_pulley_grid(t_max, n_points)
-    if directions is None:
-        _checks.positive_int(num_slices, "num_slices")
+    check_epps_pulley_options(num_slices, t_max, n_points, fixed_directions=directions is not None)
     z = _checks.embeddings(z)
     dirs = resolve_directions(z, num_slices, directions, generator)
     t = torch.linspace(0.0, float(t_max), n_points, dtype=z.dtype, device=z.device)

@@ -1,11 +1,14 @@
 r"""``nn.Module`` regularizers: hyperparameters, the slice step counter, and the factory.
 
-Each module wraps one function of :mod:`kerjepa.functional`. Call it on the batch of
-projector outputs, ``loss = align + lam * reg(z)``, with ``z`` of shape (N, D) or (V, N, D).
+Each module wraps one function of :mod:`kerjepa.functional`: it checks every hyperparameter
+when it is built (with the function's own ``check_*_options``), so a bad option fails before any
+data is seen, and calls the function on each batch. Call it on the batch of projector outputs,
+``loss = align + lam * reg(z)``, with ``z`` of shape (N, D) or (V, N, D).
 
 Sliced modules draw fresh directions at every call from a generator seeded with
 ``seed + step``; ``step`` is a buffer, so it is saved in the ``state_dict`` and a resumed run
-continues the same sequence of slices.
+continues the same sequence of slices. Its value is also kept on the host, so seeding reads no
+device memory: set it through ``load_state_dict``, not by writing to the buffer.
 
 Scale: ``scale="kerjepa"`` (default) returns the discrepancy itself (MMD² or KSD²), as the
 KerJEPA paper regularizes; ``scale="lejepa"`` multiplies by :math:`N\sqrt{2\pi}` (N = rows per
@@ -22,14 +25,16 @@ is exact. See :mod:`kerjepa.distributed`. Without a process group nothing change
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from torch import nn
 
-from . import _checks, distributed, functional as F, kernels, mmd, priors
+from . import _checks, distributed, functional as F, kernels, priors
 
-__all__ = ["Regularizer", "MMD", "SlicedMMD", "KSD", "SlicedKSD", "EppsPulley", "regularizer", "KINDS"]
+__all__ = ["Regularizer", "MMD", "SlicedMMD", "KSD", "SlicedKSD", "EppsPulley", "regularizer", "KINDS",
+           "REGULARIZER_KEYS"]
 
 SCALES = ("kerjepa", "lejepa")
 
@@ -44,13 +49,15 @@ class Regularizer(nn.Module):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._step = 0  # the value of the buffer, kept on the host: seeding reads no device memory
         self._step_synced = False
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded with ``seed + step`` on ``device``; advances ``step``."""
         gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed + int(self.step))
-        self.step += 1
+        gen.manual_seed(self.seed + self._step)
+        self._step += 1
+        self.step.fill_(self._step)
         return gen
 
     def _scaled(self, value: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,6 +76,7 @@ class Regularizer(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
+        self._step = int(self.step)
         self._step_synced = False
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -82,6 +90,7 @@ class Regularizer(nn.Module):
         z = _checks.embeddings(z)
         if not self._step_synced:
             distributed.sync_max_(self.step)
+            self._step = int(self.step)
             self._step_synced = True
         if self._row_means_only:  # finite slicing: all-reduce the (K, U) characteristic functions
             with distributed.local_rows(z):
@@ -96,8 +105,8 @@ class _KernelPriorRegularizer(Regularizer):
     def __init__(self, kernel: kernels.Kernel, prior: priors.Prior, estimator: str,
                  backend: str = "auto", scale: str = "kerjepa", seed: int = 0):
         super().__init__(scale, seed)
-        self.kernel = _checks.kernel_instance(kernel)
-        self.prior = _checks.prior_instance(prior)
+        self.kernel = kernels.check_kernel(kernel)
+        self.prior = priors.check_prior(prior)
         self.estimator = _checks.choice(estimator, "estimator", ("u", "v"))
         self.backend = backend
 
@@ -110,11 +119,12 @@ class MMD(_KernelPriorRegularizer):
 
     def __init__(self, kernel, prior, estimator="u", prior_samples=None, backend="auto", scale="kerjepa", seed=0):
         super().__init__(kernel, prior, estimator, backend, scale, seed)
+        F.check_mmd2_options(kernel, prior, estimator, prior_samples, backend)
         self.prior_samples = prior_samples
-        mmd.check_mmd2_route(kernel, prior, prior_samples, estimator)
 
     def statistic(self, z):
-        gen = self._generator(z.device) if self.prior_samples else None
+        # the prior is sampled on the host (SciPy inverse CDFs), from a CPU generator, then moved
+        gen = self._generator(torch.device("cpu")) if self.prior_samples else None
         return F.mmd2(z, self.kernel, self.prior, self.estimator, prior_samples=self.prior_samples,
                       generator=gen, backend=self.backend)
 
@@ -124,6 +134,7 @@ class KSD(_KernelPriorRegularizer):
 
     def __init__(self, kernel, prior, estimator="u", backend="auto", scale="kerjepa", seed=0):
         super().__init__(kernel, prior, estimator, backend, scale, seed)
+        F.check_ksd2_options(kernel, prior, estimator, backend)
 
     def statistic(self, z):
         return F.ksd2(z, self.kernel, self.prior, self.estimator, backend=self.backend)
@@ -133,11 +144,7 @@ class _Sliced(_KernelPriorRegularizer):
     def __init__(self, kernel, prior, num_slices=1024, num_knots=21, estimator="v", approx=None,
                  backend="auto", scale="kerjepa", seed=0):
         super().__init__(kernel, prior, estimator, backend, scale, seed)
-        if num_slices is not None:
-            _checks.positive_int(num_slices, "num_slices")
-        self.num_slices = num_slices
-        self.num_knots = _checks.positive_int(num_knots, "num_knots")
-        self.approx = approx
+        self.num_slices, self.num_knots, self.approx = num_slices, num_knots, approx
 
     @property
     def _row_means_only(self):
@@ -154,6 +161,7 @@ class SlicedMMD(_Sliced):
     def __init__(self, kernel, prior, num_slices=1024, num_knots=21, estimator="v", approx=None,
                  target_cf="marginal", backend="auto", scale="kerjepa", seed=0):
         super().__init__(kernel, prior, num_slices, num_knots, estimator, approx, backend, scale, seed)
+        F.check_sliced_mmd2_options(kernel, prior, num_slices, num_knots, estimator, target_cf, approx, backend)
         self.target_cf = target_cf
 
     def statistic(self, z):
@@ -166,6 +174,11 @@ class SlicedMMD(_Sliced):
 class SlicedKSD(_Sliced):
     """Sliced KSD² (:func:`kerjepa.functional.sliced_ksd2`); ``num_slices=None`` is analytic."""
 
+    def __init__(self, kernel, prior, num_slices=1024, num_knots=21, estimator="v", approx=None,
+                 backend="auto", scale="kerjepa", seed=0):
+        super().__init__(kernel, prior, num_slices, num_knots, estimator, approx, backend, scale, seed)
+        F.check_sliced_ksd2_options(kernel, prior, num_slices, num_knots, estimator, approx, backend)
+
     def statistic(self, z):
         gen = None if self.num_slices is None else self._generator(z.device)
         return F.sliced_ksd2(z, self.kernel, self.prior, self.num_slices, self.num_knots, generator=gen,
@@ -177,9 +190,8 @@ class EppsPulley(Regularizer):
 
     def __init__(self, num_slices=1024, t_max=3.0, n_points=17, seed=0):
         super().__init__("kerjepa", seed)
-        self.num_slices = _checks.positive_int(num_slices, "num_slices")
-        self.t_max, self.n_points = t_max, n_points
-        mmd.check_epps_pulley_grid(t_max, n_points)
+        F.check_epps_pulley_options(num_slices, t_max, n_points)
+        self.num_slices, self.t_max, self.n_points = num_slices, t_max, n_points
 
     _row_means_only = True
 
@@ -191,11 +203,6 @@ class EppsPulley(Regularizer):
 
 
 KINDS = ("mmd", "ksd", "epps_pulley")
-
-#: defaults of the factory's options; an option set away from its default must apply
-_SPEC_DEFAULTS = dict(kernel="gaussian", prior="gaussian", estimator=None, gamma=None, alpha=None, beta=0.5,
-                      sigma=1.0, nu=None, num_knots=21, scale="kerjepa", approx=None, backend="auto",
-                      prior_samples=None, target_cf="marginal", t_max=3.0, n_points=17)
 
 
 def _applicable(kind: str, kernel: str, prior: str, mode: str) -> set:
@@ -253,12 +260,14 @@ def regularizer(kind: str, *, kernel: str = "gaussian", prior: str = "gaussian",
         KSD(kernel=IMQ(alpha=None, beta=0.5), prior=Gaussian(sigma=1.0), estimator='u', scale='kerjepa')
     """
     _checks.choice(kind, "kind", KINDS)
+    _checks.choice(kernel, "kernel", ("gaussian", "imq"))
+    _checks.choice(prior, "prior", ("gaussian", "laplace", "student_t"))
     if slices is not None and slices != "analytic":
         if isinstance(slices, str):
             raise ValueError(f"slices must be None, a positive int or 'analytic', got {slices!r}")
         _checks.positive_int(slices, "slices")
-    given = {name: value for name, value in locals().items()
-             if name in _SPEC_DEFAULTS and value != _SPEC_DEFAULTS[name]}
+    options = locals()
+    given = {name: options[name] for name, default in _SPEC_DEFAULTS.items() if options[name] != default}
     mode = "unsliced" if slices is None else "analytic" if slices == "analytic" else "finite"
     applies = _applicable(kind, kernel, prior, mode)
     unused = sorted(set(given) - applies)
@@ -286,3 +295,10 @@ def regularizer(kind: str, *, kernel: str = "gaussian", prior: str = "gaussian",
     if kind == "mmd":
         return SlicedMMD(k, q, num_slices, num_knots, est, approx, target_cf, backend, scale, seed)
     return SlicedKSD(k, q, num_slices, num_knots, est, approx, backend, scale, seed)
+
+
+#: the regularizer spec: the factory's arguments, in order (a config's ``reg`` mapping uses these keys)
+REGULARIZER_KEYS = tuple(inspect.signature(regularizer).parameters)
+#: defaults of the factory's options (from its signature); an option set away from its default must apply
+_SPEC_DEFAULTS = {name: p.default for name, p in inspect.signature(regularizer).parameters.items()
+                  if name not in ("kind", "slices", "seed")}

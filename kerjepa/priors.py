@@ -23,7 +23,7 @@ import torch
 
 from . import _checks
 
-__all__ = ["Prior", "Gaussian", "Laplace", "StudentT", "get", "unit_variance_sigma"]
+__all__ = ["Prior", "Gaussian", "Laplace", "StudentT", "get", "check_prior", "unit_variance_sigma"]
 
 
 def _uniform(n, dim, generator, dtype):
@@ -210,6 +210,14 @@ class StudentT(Prior):
 
 
 _PRIORS = {"gaussian": Gaussian, "laplace": Laplace, "student_t": StudentT}
+
+
+def check_prior(prior, name: str = "prior") -> Prior:
+    """Return ``prior`` if it is a :class:`Prior`, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(prior, Prior):
+        raise TypeError(f"{name} must be a kerjepa.priors.Prior (Gaussian, Laplace or StudentT), "
+                        f"got {type(prior).__name__}")
+    return prior
 
 
 def get(name: str, **params) -> Prior:

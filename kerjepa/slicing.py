@@ -69,5 +69,5 @@ def projection_gamma(kernel, z: torch.Tensor) -> float:
     uniform unit :math:`\theta` has :math:`\mathbb E(\theta^\top\delta)^2 = \|\delta\|^2/D`.
     """
     if kernel.gamma == "median":
-        return z.shape[-1] * _kernels.median_heuristic(z.reshape(-1, z.shape[-1]))
+        return z.shape[-1] * _kernels._median_gamma(z.reshape(-1, z.shape[-1]))
     return kernel.resolve(dim=1).gamma

@@ -424,12 +424,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="at least 2"):
         sliced_ksd2(z[:1], kernels.Gaussian(), q, num_slices=4, estimator="u")
     assert torch.isfinite(ksd2(z[:1], k, q, estimator="v"))
-    bad = z.clone()
-    bad[1, 2] = float("nan")
-    with pytest.raises(ValueError, match="non-finite"):
-        ksd2(bad, k, q)
-    with pytest.raises(ValueError, match="non-finite"):
-        sliced_ksd2(bad, kernels.Gaussian(), q, num_slices=4)
     with pytest.raises(ValueError, match="estimator"):
         ksd2(z, k, q, estimator="w")
     with pytest.raises(ValueError, match="backend"):

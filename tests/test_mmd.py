@@ -335,8 +335,6 @@ def test_zero_norm_random_direction_is_not_nan():
 @pytest.mark.parametrize("call,exc,match", [
     (lambda: F.mmd2(torch.randn(5), kernels.Gaussian(), priors.Gaussian()), ValueError, r"shape \(N, D\)"),
     (lambda: F.mmd2(torch.randn(1, 3), kernels.Gaussian(), priors.Gaussian()), ValueError, "at least 2 samples"),
-    (lambda: F.mmd2(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), kernels.Gaussian(), priors.Gaussian()),
-     ValueError, "1 non-finite"),
     (lambda: F.mmd2(torch.ones(3, 2, dtype=torch.int64), kernels.Gaussian(), priors.Gaussian()), TypeError, "float32"),
     (lambda: F.mmd2(torch.randn(4, 2), "gaussian", priors.Gaussian()), TypeError, "kernel must be"),
     (lambda: F.mmd2(torch.randn(4, 2), kernels.Gaussian(), priors.Laplace()), ValueError, "prior_samples"),
