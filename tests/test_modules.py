@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kerjepa
-from kerjepa import functional as F, kernels, priors
+from kerjepa import functional as F, kernels, priors, slicing
 
 SPECS = [
     dict(kind="mmd"),
@@ -55,13 +55,16 @@ def test_step_counter_resumes_the_slice_sequence():
 
 
 def test_lejepa_scale_transfers_epps_pulley():
+    """The module's slices come from seed + step, and scale="lejepa" is N sqrt(2 pi) x MMD^2."""
     z = torch.randn(128, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 1.3 + 0.2
-    dirs = torch.randn(16, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    reg = kerjepa.regularizer("mmd", slices=16, gamma=0.5, scale="lejepa", num_knots=64)
-    reg.statistic = lambda x: F.sliced_mmd2(x, reg.kernel, reg.prior, num_knots=64, directions=dirs)
-    ratio = float(F.epps_pulley(z, directions=dirs) / reg(z))
-    assert ratio == pytest.approx(1.0, abs=3e-3)
-    assert math.isclose(float(reg(z)), 128 * math.sqrt(2 * math.pi) * float(reg.statistic(z)))
+    reg = kerjepa.regularizer("mmd", slices=16, gamma=0.5, scale="lejepa", num_knots=64, seed=4)
+    value = reg(z)
+    mmd2 = F.sliced_mmd2(z, kernels.Gaussian(0.5), priors.Gaussian(), 16, num_knots=64,
+                         generator=torch.Generator().manual_seed(4))
+    assert math.isclose(float(value), 128 * math.sqrt(2 * math.pi) * float(mmd2), rel_tol=1e-12)
+    dirs = slicing.random_directions(16, 8, torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert float(F.epps_pulley(z, directions=dirs) / value) == pytest.approx(1.0, abs=3e-3)
+    assert int(reg.step) == 1 and float(reg(z)) != float(value)  # the next call draws new slices
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -101,3 +104,66 @@ def test_median_bandwidth_builds_and_resolves_per_batch():
     reg = kerjepa.regularizer("mmd", gamma="median")
     gamma = kernels.median_heuristic(z)
     torch.testing.assert_close(reg(z), F.mmd2(z, kernels.Gaussian(gamma), priors.Gaussian()))
+
+
+#: (factory spec, the argument the message names, the expected values it lists, what came)
+BAD_OPTIONS = [
+    (dict(kind="mmd", backend="gpu"), "backend", "'auto', 'chunked', 'dense'", "'gpu'"),
+    (dict(kind="ksd", backend="gpu"), "backend", "'auto', 'chunked', 'dense'", "'gpu'"),
+    (dict(kind="mmd", slices="analytic", backend="gpu"), "backend", "'auto', 'chunked', 'dense'", "'gpu'"),
+    (dict(kind="mmd", slices="analytic", approx="taylor"), "approx", "['imq', None]", "'taylor'"),
+    (dict(kind="ksd", slices="analytic", approx="taylor"), "approx", "['imq', 'imq-rule', None]", "'taylor'"),
+    (dict(kind="mmd", slices=8, target_cf="Paper"), "target_cf", "'marginal', 'paper'", "'Paper'"),
+    (dict(kind="mmd", slices=8, prior="student_t", nu=4.0, target_cf="paper"), "target_cf",
+     "Gaussian and Laplace priors", "Student-t"),
+    (dict(kind="mmd", slices=8, kernel="imq"), "kernel", "Gaussian kernel", "IMQ"),
+    (dict(kind="ksd", slices=8, kernel="imq"), "kernel", "Gaussian kernel", "IMQ"),
+    (dict(kind="mmd", slices="analytic", kernel="imq"), "kernel", "Gaussian kernel", "IMQ"),
+    (dict(kind="ksd", slices="analytic", kernel="imq"), "kernel", "kernels.Gaussian x priors.Gaussian", "IMQ x Gaussian"),
+    (dict(kind="mmd", slices="analytic", prior="laplace"), "prior", "kernels.Gaussian x priors.Gaussian",
+     "Gaussian x Laplace"),
+    (dict(kind="ksd", slices="analytic", prior="laplace"), "prior", "kernels.Gaussian x priors.Gaussian",
+     "Gaussian x Laplace"),
+    (dict(kind="mmd", estimator="w"), "estimator", "'u', 'v'", "'w'"),
+    (dict(kind="ksd", slices=8, estimator="W"), "estimator", "'u', 'v'", "'W'"),
+    (dict(kind="mmd", slices=8, num_knots=0), "num_knots", ">= 1", "0"),
+    (dict(kind="ksd", slices=8, num_knots=2.5), "num_knots", ">= 1", "2.5"),
+    (dict(kind="epps_pulley", n_points=16), "n_points", "odd", "16"),
+    (dict(kind="epps_pulley", t_max=-1.0), "t_max", "> 0", "-1.0"),
+    (dict(kind="mmd", prior="laplace", prior_samples=1), "prior_samples", ">= 2", "1"),
+    (dict(kind="mmd", gamma=-0.5), "gamma", "> 0", "-0.5"),
+    (dict(kind="ksd", kernel="imq", alpha="mean"), "alpha", "'median'", "'mean'"),
+    (dict(kind="ksd", kernel="imq", beta=0.0), "beta", "> 0", "0.0"),
+    (dict(kind="ksd", sigma=float("nan")), "sigma", "> 0", "nan"),
+    (dict(kind="ksd", prior="student_t", nu=-3.0), "nu", "> 0", "-3.0"),
+    (dict(kind="mmd", kernel="Gaussian"), "kernel", "'gaussian', 'imq'", "'Gaussian'"),
+    (dict(kind="mmd", scale="LeJEPA"), "scale", "'kerjepa', 'lejepa'", "'LeJEPA'"),
+]
+
+
+@pytest.mark.parametrize("spec,argument,expected,got", BAD_OPTIONS,
+                         ids=["-".join(f"{k}={v}" for k, v in b[0].items()) for b in BAD_OPTIONS])
+def test_every_option_is_checked_when_the_regularizer_is_built(spec, argument, expected, got):
+    """Refused by the factory itself, before any batch: the message names the argument, the
+    values it accepts and what it was given."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        kerjepa.regularizer(**spec)
+    message = str(info.value)
+    assert argument in message and expected in message and got in message, message
+
+
+@pytest.mark.parametrize("build,argument", [
+    (lambda: kerjepa.MMD(kernels.Gaussian(), priors.Gaussian(), backend="gpu"), "backend"),
+    (lambda: kerjepa.KSD(kernels.IMQ(), priors.Gaussian(), backend="gpu"), "backend"),
+    (lambda: kerjepa.SlicedMMD(kernels.Gaussian(), priors.Gaussian(), None, approx="taylor"), "approx"),
+    (lambda: kerjepa.SlicedMMD(kernels.Gaussian(), priors.Gaussian(), 8, target_cf="Paper"), "target_cf"),
+    (lambda: kerjepa.SlicedKSD(kernels.IMQ(), priors.Gaussian(), 8), "kernel"),
+    (lambda: kerjepa.SlicedKSD(kernels.Gaussian(), priors.Laplace(), None), "Laplace"),
+    (lambda: kerjepa.SlicedKSD(kernels.Gaussian(), priors.Gaussian(), 0), "num_slices"),
+    (lambda: kerjepa.EppsPulley(num_slices=0), "num_slices"),
+    (lambda: kerjepa.KSD("imq", priors.Gaussian()), "kernel"),
+    (lambda: kerjepa.MMD(kernels.Gaussian(), "gaussian"), "prior"),
+])
+def test_modules_check_their_options_in_init(build, argument):
+    with pytest.raises((ValueError, TypeError), match=argument):
+        build()
