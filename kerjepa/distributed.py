@@ -46,6 +46,7 @@ import contextlib
 import contextvars
 
 import torch
+import torch.distributed as dist
 
 from . import pairwise
 
@@ -53,34 +54,25 @@ __all__ = ["is_active", "world_size", "rank", "gather_rows", "all_reduce_sum", "
            "sharded_pairs", "local_rows", "global_rows", "row_mean"]
 
 
-def _dist():
-    import torch.distributed as dist
-    return dist
-
-
 def is_active() -> bool:
     """True when a :mod:`torch.distributed` process group with more than one process exists."""
-    if not torch.distributed.is_available():
-        return False
-    dist = _dist()
-    return dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
     """W, the number of processes (1 without a process group)."""
-    return _dist().get_world_size() if is_active() else 1
+    return dist.get_world_size() if is_active() else 1
 
 
 def rank() -> int:
     """This process's rank (0 without a process group)."""
-    return _dist().get_rank() if is_active() else 0
+    return dist.get_rank() if is_active() else 0
 
 
 # --------------------------------------------------------------------------------------------
 # Differentiable collectives
 # --------------------------------------------------------------------------------------------
 def _gather_sizes(n: int, device) -> list[int]:
-    dist = _dist()
     mine = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, mine)
@@ -92,7 +84,6 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        dist = _dist()
         x = x.contiguous()
         sizes = _gather_sizes(x.shape[0], x.device)
         top = max(sizes)
@@ -110,7 +101,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        _dist().all_reduce(grad)
+        dist.all_reduce(grad)
         return grad[ctx.start:ctx.stop]
 
 
@@ -120,13 +111,13 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         out = x.contiguous().clone()
-        _dist().all_reduce(out)
+        dist.all_reduce(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        _dist().all_reduce(grad)
+        dist.all_reduce(grad)
         return grad
 
 
@@ -163,13 +154,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def sync_max_(t: torch.Tensor) -> torch.Tensor:
     """In place: the maximum of ``t`` over ranks (no gradient). A no-op without a process group."""
     if is_active():
-        _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
 def _sum_detached(t: torch.Tensor) -> torch.Tensor:
     out = t.detach().clone()
-    _dist().all_reduce(out)
+    dist.all_reduce(out)
     return out
 
 
@@ -205,7 +196,7 @@ def local_rows(z: torch.Tensor):
         yield
         return
     count = torch.tensor(float(z.shape[-2]), dtype=torch.float64, device=z.device)
-    _dist().all_reduce(count)
+    dist.all_reduce(count)
     token = _LOCAL_ROWS.set(int(count))
     try:
         yield

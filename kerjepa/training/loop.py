@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kerjepa
+from .. import distributed
 from ..alignment import alignment_loss
 from . import data as kdata
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
@@ -87,25 +89,21 @@ def setup_distributed(cfg: Config) -> Dist:
     return Dist(rank, world, local_rank, device)
 
 
-def _world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
 # ---------------------------------------------------------------------------------------------
 # Model
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d that, in training under torch.distributed, normalises with the global batch's statistics.
 
-    Two differentiable all-reduces (sum and count, then the sum of squared deviations); with one process it is
-    nn.BatchNorm1d.
+    Two differentiable all-reduces (:func:`kerjepa.distributed.all_reduce_sum`: sum and count, then the sum of
+    squared deviations); with one process it is nn.BatchNorm1d.
     Works with gloo on CPU (nn.SyncBatchNorm needs a GPU), so a DDP run equals the single-process run.
     """
 
     def forward(self, x):
-        if not (self.training and _world() > 1):
+        if not (self.training and distributed.is_active()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        all_reduce = distributed.all_reduce_sum
         xf = x.float()
         count = torch.full((1,), float(x.shape[0]), device=x.device)
         total = all_reduce(torch.cat([xf.sum(0), count]))  # two passes: no E[x^2] - E[x]^2 cancellation
@@ -185,7 +183,6 @@ def build_model(cfg: Config, in_chans: int, num_classes: int) -> KerJEPANet:
 
 def build_regularizer(cfg: Config) -> nn.Module:
     """``kerjepa.regularizer(**cfg.reg)``, with a bad spec reported as a ConfigError."""
-    import kerjepa
     try:
         return kerjepa.regularizer(**cfg.reg)
     except (ValueError, TypeError) as err:
