@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-__all__ = ["STYLE_PATH", "book_style", "subplots", "plot_curves", "plot_density_grid"]
+__all__ = ["STYLE_PATH", "book_style", "subplots", "plot_curves"]
 
 #: the committed style sheet that :func:`book_style` loads
 STYLE_PATH = Path(__file__).with_name("book.mplstyle")
@@ -95,23 +95,3 @@ def plot_curves(x, curves: dict, ax=None, xlabel: str = "", ylabel: str = "",
     if len(curves) > 1:
         ax.legend()
     return fig, ax
-
-
-def plot_density_grid(x, panels: dict, xlabel: str = "", sharey: bool = False):
-    """One panel per entry of ``panels = {title: {label: y}}``, side by side.
-
-    Returns:
-        ``(fig, axes)`` with ``axes`` a 1-D array of the panels.
-    """
-    fig, axes = subplots(ncols=len(panels), sharey=sharey, squeeze=False)
-    axes = axes[0]
-    for ax, (title, curves) in zip(axes, panels.items()):
-        plot_curves(x, curves, ax=ax, xlabel=xlabel, title=title)
-    return fig, axes
-
-
-def _np(a):
-    """A NumPy view of a tensor or array-like (detached, on the CPU)."""
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    return a

@@ -59,7 +59,7 @@ def test_overrides_are_parsed_and_type_checked():
     ("--dataset=mnist", "dataset must be one of"),
     ("--views=1", "at least 2 views"),
     ("--min_lr_ratio=2", "relative to the peak"),
-    ("--pretrained=true", "cannot be downloaded"),
+    ("--pretrained=true", "unknown config key"),
 ])
 def test_bad_overrides_have_clear_messages(override, message):
     with pytest.raises(C.ConfigError, match=message):

@@ -16,10 +16,11 @@ import torch.multiprocessing as mp
 
 import kerjepa
 from kerjepa import distributed
+from tolerances import DISTRIBUTED
 
 pytestmark = pytest.mark.ddp
 
-RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+RTOL = DISTRIBUTED
 D = 4
 SHARDS = {2: [11, 13], 4: [5, 7, 6, 6]}
 #: step counter each rank starts from: the sliced modules must agree on the maximum

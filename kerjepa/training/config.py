@@ -38,6 +38,8 @@ import math
 import typing
 from dataclasses import dataclass, field
 
+from ..modules import REGULARIZER_KEYS
+
 __all__ = ["Config", "ConfigError", "PRESETS", "MMD_LAMBDA", "KSD_LAMBDA", "get_preset", "parse_overrides",
            "load_yaml", "from_args", "preset_names"]
 
@@ -56,9 +58,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "bf16", "fp32"),
 }
-_REG_KEYS = ("kind", "kernel", "prior", "slices", "estimator", "gamma", "alpha", "beta", "sigma",
-             "nu", "num_knots", "scale", "approx", "backend", "prior_samples", "target_cf", "t_max", "n_points",
-             "seed")
+_REG_KEYS = REGULARIZER_KEYS  # the arguments of kerjepa.regularizer, read from its signature
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,6 @@ class Config:
 
     # model
     model: str = "vit_small_patch8_224"  # any timm model name, or "micro_vit"
-    pretrained: bool = False
     drop_path: float = 0.1
     emb_dim: int = 512                # backbone head output (LeJEPA's example: num_classes=512); 0 = pooled features
     proj_hidden: int = 2048
@@ -182,9 +181,6 @@ class Config:
         unknown = sorted(set(self.reg) - set(_REG_KEYS))
         if unknown:
             raise ConfigError(f"reg has unknown key(s) {unknown}; valid keys are {list(_REG_KEYS)}")
-        if self.pretrained:
-            raise ConfigError("pretrained=true is not supported: pretrained weights cannot be downloaded here (no "
-                              "network), and KerJEPA trains the encoder from scratch; set pretrained=false")
 
     def to_dict(self) -> dict:
         """The config as a dict of builtins (lists for tuples), safe for YAML, JSON and weights_only loading."""
