@@ -47,7 +47,7 @@ def embeddings(z, name: str = "z", min_rows: int = 1, allow_views: bool = True) 
     if z.shape[-1] < 1:
         raise ValueError(f"{name} must have at least one feature (D >= 1), got shape {tuple(z.shape)}")
     if z.shape[-2] < min_rows:
-        raise ValueError(f"{name} needs at least {min_rows} samples along N for this estimator, "
+        raise ValueError(f"{name} needs at least {min_rows} row(s) along N for this estimator, "
                          f"got shape {tuple(z.shape)}")
     return z
 

@@ -27,11 +27,40 @@ import torch
 
 from . import _checks
 
-__all__ = ["Kernel", "Gaussian", "IMQ", "sqdist", "median_heuristic", "get", "check_kernel"]
+__all__ = ["Kernel", "Gaussian", "IMQ", "sqdist", "median_heuristic", "get", "check_kernel",
+           "power_of_two_scale", "scaled_sqdist_and_dot"]
+
+
+def power_of_two_scale(*tensors: torch.Tensor) -> torch.Tensor:
+    r"""The power of two :math:`s \ge \max|t|` over the entries of ``tensors`` (1 when all are 0).
+
+    Dividing by ``s`` is exact in floating point, so a sum of products computed from ``t / s``
+    and multiplied back by ``s`` (twice for a product) is the same number bit for bit, but
+    cannot overflow on the way: a squared distance that exceeds the dtype's range comes out as
+    ``inf`` (a kernel value of 0) instead of ``inf - inf = nan``. Computed on the device (no host
+    synchronisation); NaN or Inf entries give ``s = 1``, so they propagate as before.
+    """
+    top = torch.stack([t.detach().abs().amax() for t in tensors]).amax()
+    exponent = torch.frexp(top).exponent
+    return torch.where(torch.isfinite(top), torch.ldexp(torch.ones_like(top), exponent), torch.ones_like(top))
+
+
+def scaled_sqdist_and_dot(x: torch.Tensor, y: torch.Tensor):
+    r"""``(r2, dot)``: :math:`\|x_i - y_j\|^2` (clamped at 0) and :math:`x_i^\top y_j`, (N, M), without
+    intermediate overflow (see :func:`power_of_two_scale`); bit-identical to the direct formulas
+    whenever those do not overflow."""
+    s = power_of_two_scale(x, y)
+    xs, ys = x / s, y / s
+    dot = xs @ ys.T
+    r2 = ((xs * xs).sum(-1)[:, None] + (ys * ys).sum(-1)[None, :] - 2.0 * dot).clamp_min(0.0)
+    return r2 * s * s, dot * s * s
 
 
 def sqdist(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Pairwise squared distances :math:`\|x_i - y_j\|^2` through one matrix product.
+
+    Computed on rows scaled by a power of two (exactly), so that distances beyond the range of
+    the dtype come out as ``inf``, never ``nan``.
 
     Args:
         x: (N, D).
@@ -42,10 +71,9 @@ def sqdist(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """
     same = y is None
     y = x if same else y
-    r2 = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2.0 * (x @ y.T)
-    r2 = r2.clamp_min(0.0)
+    r2, _ = scaled_sqdist_and_dot(x, y)
     if same:
-        r2 = r2 * (1.0 - torch.eye(r2.shape[0], dtype=r2.dtype, device=r2.device))
+        r2 = r2.masked_fill(torch.eye(r2.shape[0], dtype=torch.bool, device=r2.device), 0.0)
     return r2
 
 
@@ -69,7 +97,7 @@ def _median_gamma(z: torch.Tensor) -> float:
     non-finite input); :func:`median_heuristic` itself raises then.
     """
     if z.shape[0] < 2:
-        raise ValueError(f"the 'median' bandwidth needs at least 2 rows, got {z.shape[0]}")
+        raise ValueError(f"the 'median' bandwidth needs at least 2 rows of z, got {z.shape[0]}")
     z = z.detach()
     r2 = sqdist(z)
     i, j = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)

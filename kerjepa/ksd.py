@@ -137,9 +137,10 @@ class SteinPair:
         if exclude_diagonal:
             h.fill_diagonal_(0.0)
         total = h.sum()
-        # E / c1 with E = dh/dr2 (in the buffer of h); its diagonal cancels in the gradients below
+        # E / c1 with E = dh/dr2 (in the buffer of h); its diagonal cancels in the gradients below, so it is 0
         e = torch.mul(u1, ss, out=h).addcmul_(u2, cross2, value=c2 / c1)
         e.add_(u2, alpha=-4.0 * c2 / c1).addcmul_(r2, u3, value=-4.0 * c3 / c1)
+        e.fill_diagonal_(0.0)  # exact (the j = i terms cancel) and keeps e_ii x_i (|s|^2 |x|) from overflowing
         del ss, cross2
         m1 = u1 @ torch.cat([x, s], 1)                     # C / (2 c1) against x and s
         me = e @ x
@@ -179,7 +180,8 @@ def stein_kernel(x: torch.Tensor, y: torch.Tensor | None, kernel, prior) -> torc
 
     Raises:
         TypeError: ``kernel``/``prior`` of the wrong type, or non-float inputs.
-        ValueError: wrong rank, mismatched D, or non-finite values.
+        ValueError: wrong rank, mismatched D, or x and y on different devices (values are not
+            checked: NaN or Inf gives non-finite entries).
 
     Derived in :ref:`ch-ksd`.
 
@@ -242,9 +244,14 @@ def ksd2(z: torch.Tensor, kernel, prior, estimator: str = "u", backend: str = "a
         z: (N, D) or (V, N, D). Returns a scalar tensor in the dtype of ``z`` (float32 for
         bfloat16/float16 inputs).
 
+    Values of ``z`` are not checked (that would wait for the device): NaN or Inf in ``z`` gives a
+    non-finite result. In float32 the squared norms of ``z`` and of its scores must stay inside
+    float32's range (about :math:`\|z\| < 10^{18}` for unit-scale priors); beyond it the products
+    of scores overflow and the result is non-finite too (use float64 there).
+
     Raises:
         TypeError: ``kernel``/``prior`` of the wrong type, or a non-float ``z``.
-        ValueError: wrong rank, N < 2 with ``estimator="u"``, non-finite values, or an unknown
+        ValueError: wrong rank, N < 2 with ``estimator="u"``, V = 0 views, or an unknown
             ``estimator``/``backend``.
 
     Derived in :ref:`ch-ksd`.
@@ -395,7 +402,8 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
     Raises:
         TypeError: ``kernel``/``prior`` of the wrong type, non-float ``z`` or ``directions``.
         ValueError: finite slicing with a kernel other than Gaussian, ``approx`` with finite
-            slicing, wrong shapes, N < 2 with ``estimator="u"``, non-finite values.
+            slicing, wrong shapes, N < 2 with ``estimator="u"`` (values are not checked: NaN or
+            Inf in ``z`` or ``directions`` gives a non-finite result).
 
     Derived in :ref:`ch-ksd` (finite slicing and Theorem 9); analytic slicing in
     :ref:`ch-slicing`.

@@ -54,7 +54,7 @@ def _imq_mixture(kernel: _kernels.IMQ, rate: torch.Tensor, log_f) -> torch.Tenso
         log_f: maps kernel-scale multipliers ``g`` of shape (..., Q) to ``log f(g)``.
     """
     beta = kernel.beta
-    lam = rate.detach()[..., None]
+    lam = rate.detach().clamp(max=torch.finfo(rate.dtype).max)[..., None]
     tau_lo = -28.0 - torch.log1p(lam)                                     # (..., 1)
     h = (math.log(90.0) - tau_lo) / (NUM_MIXTURE_NODES - 1)
     j = torch.arange(NUM_MIXTURE_NODES, dtype=rate.dtype, device=rate.device)
@@ -83,7 +83,9 @@ def kernel_prior_mean(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.P
     """
     n, dim = z.shape
     sigma = prior.sigma
-    sq_norm = (z * z).sum(-1)
+    # a squared norm beyond the dtype's range stays at its largest value (the terms are 0 there),
+    # so that a mixture node whose scale underflows to 0 gives 0 * max = 0, not 0 * inf = nan
+    sq_norm = (z * z).sum(-1).clamp(max=torch.finfo(z.dtype).max)
     if isinstance(kernel, _kernels.Gaussian):
         g = kernel.gamma
         cross = torch.exp(_gaussian_prior_log_terms(g, sq_norm, dim, sigma))
@@ -104,6 +106,7 @@ def kernel_prior_mean(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.P
 def _kernel_pair_fn(kernel):
     def pair_fn(xa, xb, fa, fb, dot, r2):
         return kernel.phi(r2)
+    pair_fn.overflow_safe = True  # phi(inf) = 0: far pairs of float32 rows beyond its range count 0
     return pair_fn
 
 
@@ -162,8 +165,13 @@ def mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, estimat
     Returns:
         Scalar tensor in the dtype of ``z`` (float32 for half-precision inputs).
 
+    Values of ``z`` are not checked (that would wait for the device): NaN or Inf in ``z`` gives a
+    non-finite result. Finite float32 rows whose squared distances exceed float32's range
+    (:math:`\|z\| \gtrsim 10^{19}`) are computed without overflow: such pairs get the kernel
+    value 0, as in float64.
+
     Raises:
-        ValueError: bad shapes, non-finite ``z``, N < 2 for ``"u"``, unknown names, or a
+        ValueError: bad shapes (V = 0 views included), N < 2 for ``"u"``, unknown names, or a
             kernel × prior combination without an exact route and no ``prior_samples``.
         TypeError: ``z``, ``kernel`` or ``prior`` of the wrong type.
 

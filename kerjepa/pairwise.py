@@ -10,6 +10,12 @@ Every unsliced and analytically sliced statistic is a double sum of a *pair func
 The pair function must be finite (with finite gradients) at ``r2 == 0`` even when it is excluded,
 because autograd multiplies by the mask rather than skipping the entry.
 
+A pair function with the attribute ``overflow_safe = True`` gets ``dot`` and ``r2`` computed from
+rows scaled by a power of two (:func:`kerjepa.kernels.scaled_sqdist_and_dot`, float32 only):
+the same numbers, but squared distances beyond the float32 range come out as ``inf``, not
+``inf - inf = nan``. It costs a few element-wise passes over each block, so only the estimators
+whose pair term stays finite at ``r2 = inf`` (the MMDs: the kernel is 0 there) ask for it.
+
 Backends:
 
 * ``"dense"``: one block, plain autograd; memory O(N²). Twice differentiable.
@@ -44,6 +50,7 @@ import contextvars
 import torch
 
 from . import _checks
+from .kernels import scaled_sqdist_and_dot
 
 __all__ = ["pair_sum", "pair_mean", "row_shard", "BACKENDS", "DENSE_MAX_ROWS", "DEFAULT_BLOCK"]
 
@@ -60,8 +67,11 @@ def _block(pair_fn, x, feats, i0, i1, j0, j1, exclude_diagonal, xa=None, fa=None
     xb = x[j0:j1] if xb is None else xb
     fa = tuple(f[i0:i1] for f in feats) if fa is None else fa
     fb = tuple(f[j0:j1] for f in feats) if fb is None else fb
-    dot = xa @ xb.T
-    r2 = ((xa * xa).sum(-1)[:, None] + (xb * xb).sum(-1)[None, :] - 2.0 * dot).clamp_min(0.0)
+    if getattr(pair_fn, "overflow_safe", False) and x.dtype == torch.float32:
+        r2, dot = scaled_sqdist_and_dot(xa, xb)  # no inf - inf where |x|^2 exceeds the float32 range
+    else:
+        dot = xa @ xb.T
+        r2 = ((xa * xa).sum(-1)[:, None] + (xb * xb).sum(-1)[None, :] - 2.0 * dot).clamp_min(0.0)
     lo, hi = max(i0, j0), min(i1, j1)
     if lo < hi:  # the block meets the diagonal
         rows = torch.arange(i0, i1, device=x.device)[:, None]

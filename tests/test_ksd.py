@@ -457,3 +457,23 @@ def test_low_precision_inputs_and_autocast():
     low = ksd2(z.bfloat16(), kernel, prior)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ksd2(z.bfloat16().float(), kernel, prior))
+
+
+@pytest.mark.parametrize("prior", [priors.Gaussian(), priors.Laplace(), priors.StudentT(4.0)], ids=repr)
+@pytest.mark.parametrize("kernel", [kernels.Gaussian(), kernels.IMQ()], ids=repr)
+@pytest.mark.parametrize("backend", ["dense", "chunked"])
+def test_float32_rows_near_the_end_of_its_range(kernel, prior, backend):
+    """|z| ~ 1e18 in float32 (squared norms ~ 1e37): the value equals the float64 one and the
+    gradient is finite (its size is round-off of cancelling terms at this scale); the hand-written
+    backward no longer forms |s_i|^2 x_i, which overflowed from |z| ~ 1e14. Beyond (|z|^2 past
+    3.4e38) the Stein kernel's products of scores overflow and the result is non-finite, as the
+    docstring of ksd2 says."""
+    z = (1e18 * torch.randn(24, 6, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    value = ksd2(z, kernel, prior, backend=backend, block_size=8)
+    (grad,) = torch.autograd.grad(value, z)
+    expected = ksd2(z.detach().double(), kernel, prior, backend=backend, block_size=8)
+    assert torch.isfinite(grad).all()
+    scale = float(ksd2(z.detach().double(), kernel, prior, estimator="v").abs()) + 1e-30
+    assert abs(float(value) - float(expected)) <= R32 * scale
+    far = ksd2(z.detach() * 10.0, kernel, prior, backend=backend, block_size=8)
+    assert not torch.isfinite(far)

@@ -337,7 +337,7 @@ def test_a_zero_gaussian_draw_gives_a_zero_direction_not_nan(monkeypatch):
 
 @pytest.mark.parametrize("call,exc,match", [
     (lambda: F.mmd2(torch.randn(5), kernels.Gaussian(), priors.Gaussian()), ValueError, r"shape \(N, D\)"),
-    (lambda: F.mmd2(torch.randn(1, 3), kernels.Gaussian(), priors.Gaussian()), ValueError, "at least 2 samples"),
+    (lambda: F.mmd2(torch.randn(1, 3), kernels.Gaussian(), priors.Gaussian()), ValueError, "at least 2 row"),
     (lambda: F.mmd2(torch.ones(3, 2, dtype=torch.int64), kernels.Gaussian(), priors.Gaussian()), TypeError, "float32"),
     (lambda: F.mmd2(torch.randn(4, 2), "gaussian", priors.Gaussian()), TypeError, "kernel must be"),
     (lambda: F.mmd2(torch.randn(4, 2), kernels.Gaussian(), priors.Laplace()), ValueError, "prior_samples"),
@@ -358,3 +358,45 @@ def test_a_zero_gaussian_draw_gives_a_zero_direction_not_nan(monkeypatch):
 def test_bad_input_is_named(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ------------------------------------------------------------------ float32 beyond its range
+@pytest.mark.parametrize("call", [
+    lambda z: F.mmd2(z, kernels.Gaussian(), priors.Gaussian()),
+    lambda z: F.mmd2(z, kernels.Gaussian(), priors.Gaussian(), estimator="v"),
+    lambda z: F.mmd2(z, kernels.IMQ(), priors.Gaussian()),
+    lambda z: F.mmd2(z, kernels.IMQ(beta=1.5), priors.Gaussian(), backend="chunked", block_size=8),
+    lambda z: F.mmd2(z, kernels.Gaussian(), priors.Laplace(), prior_samples=16,
+                     generator=torch.Generator().manual_seed(0)),
+], ids=["gaussian-u", "gaussian-v", "imq", "imq-chunked", "prior-samples"])
+@pytest.mark.parametrize("scale", [1e19, 1e30])
+def test_float32_rows_whose_squared_distances_overflow(call, scale):
+    """|z| ~ 1e19: squared norms exceed float32's range (3.4e38). Distances come out as inf, the
+    kernel as 0, and the value equals the float64 value of the same rows, with a finite gradient."""
+    z = (scale * torch.randn(24, 6, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    assert torch.isinf((z.detach() * z.detach()).sum(-1)).any()
+    value = call(z)
+    (grad,) = torch.autograd.grad(value, z)
+    expected = call(z.detach().double())
+    assert torch.isfinite(grad).all()
+    close(value, expected, dtype=torch.float32, scale=1.0)
+
+
+def test_overflow_safe_distances_are_the_same_numbers():
+    """The power-of-two scaling is exact: on ordinary float32 rows nothing changes, bit for bit."""
+    from kerjepa import pairwise
+    z = 3.0 * torch.randn(40, 7, generator=torch.Generator().manual_seed(1))
+    k = kernels.IMQ(0.3)
+
+    def plain(xa, xb, fa, fb, dot, r2):
+        return k.phi(r2) + 1e-3 * dot
+
+    def safe(xa, xb, fa, fb, dot, r2):
+        return plain(xa, xb, fa, fb, dot, r2)
+
+    safe.overflow_safe = True
+    for backend in ("dense", "chunked"):
+        assert torch.equal(pairwise.pair_sum(safe, z, backend=backend, block_size=16),
+                           pairwise.pair_sum(plain, z, backend=backend, block_size=16))
+    unscaled = ((z * z).sum(-1)[:, None] + (z * z).sum(-1)[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
+    assert torch.equal(kernels.sqdist(z), unscaled.fill_diagonal_(0.0))

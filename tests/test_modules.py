@@ -167,3 +167,43 @@ def test_every_option_is_checked_when_the_regularizer_is_built(spec, argument, e
 def test_modules_check_their_options_in_init(build, argument):
     with pytest.raises((ValueError, TypeError), match=argument):
         build()
+
+
+_G, _Q = kernels.Gaussian(), priors.Gaussian()
+#: (call, exception, what the message says): shape and size faults get our message, not torch's
+SHAPE_FAULTS = [
+    (lambda: F.mmd2(torch.randn(0, 5, 3), _G, _Q), ValueError, r"at least one view \(V >= 1\)"),
+    (lambda: F.ksd2(torch.randn(0, 5, 3), _G, _Q), ValueError, r"at least one view \(V >= 1\)"),
+    (lambda: F.sliced_mmd2(torch.randn(0, 5, 3), _G, _Q, 4), ValueError, r"at least one view"),
+    (lambda: F.sliced_ksd2(torch.randn(0, 5, 3), _G, _Q, 4), ValueError, r"at least one view"),
+    (lambda: F.epps_pulley(torch.randn(0, 5, 3), 4), ValueError, r"at least one view"),
+    (lambda: F.sliced_ksd2(torch.randn(0, 5, 3), _G, _Q, None), ValueError, r"at least one view"),
+    (lambda: kerjepa.regularizer("mmd")(torch.randn(0, 5, 3)), ValueError, r"at least one view"),
+    (lambda: kerjepa.regularizer("epps_pulley", slices=4)(torch.randn(0, 5, 3)), ValueError, r"at least one view"),
+    (lambda: F.ksd2(torch.randn(0, 3), _G, _Q, estimator="v"), ValueError, r"at least 1 row\(s\) along N"),
+    (lambda: F.epps_pulley(torch.randn(0, 3), 4), ValueError, r"at least 1 row\(s\) along N"),
+    (lambda: F.mmd2(torch.randn(5, 0), _G, _Q), ValueError, r"at least one feature \(D >= 1\)"),
+    (lambda: F.mmd2(torch.randn(2, 2, 5, 3), _G, _Q), ValueError, r"shape \(N, D\) or \(V, N, D\)"),
+    (lambda: kerjepa.regularizer("ksd")(torch.randn(5)), ValueError, r"shape \(N, D\) or \(V, N, D\)"),
+    (lambda: F.mmd2(torch.randn(5, 3, dtype=torch.cfloat), _G, _Q), TypeError, "float32 or float64"),
+    (lambda: F.mmd2([[1.0, 2.0]], _G, _Q), TypeError, "z must be a torch.Tensor"),
+    (lambda: F.sliced_mmd2(torch.randn(5, 3), _G, _Q, directions=torch.randn(0, 3)), ValueError,
+     r"directions must have shape \(K, 3\) with K >= 1"),
+    (lambda: F.sliced_mmd2(torch.randn(5, 3), _G, _Q, directions=torch.randn(3)), ValueError,
+     r"directions must have shape \(K, 3\)"),
+    (lambda: F.sliced_ksd2(torch.randn(5, 3), _G, _Q, directions=torch.ones(2, 3, dtype=torch.long)),
+     TypeError, "directions must be a floating-point tensor"),
+    (lambda: F.stein_kernel(torch.randn(5, 3), torch.randn(4, 2), _G, _Q), ValueError, "same number of features"),
+    (lambda: F.stein_kernel(torch.randn(5, 3), torch.randn(4), _G, _Q), ValueError, r"y must have shape \(N, D\)"),
+    (lambda: F.ksd2(torch.randn(1, 3), kernels.IMQ("median"), _Q, estimator="v"), ValueError,
+     "'median' bandwidth needs at least 2 rows of z"),
+    (lambda: F.ksd2(torch.randn(4, 3), _G, _Q, block_size=0), ValueError, "block_size must be an int >= 1"),
+    (lambda: _Q.sample(0, 3), ValueError, "n must be an int >= 1"),
+    (lambda: slicing.random_directions(4, 0), ValueError, "dim must be an int >= 1"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", SHAPE_FAULTS)
+def test_shape_and_size_faults_give_our_message(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
