@@ -73,7 +73,7 @@ def rank() -> int:
 # Differentiable collectives
 # --------------------------------------------------------------------------------------------
 def _gather_sizes(n: int, device) -> list[int]:
-    mine = torch.tensor([n], dtype=torch.long, device=device)
+    mine = torch.full((1,), n, dtype=torch.long, device=device)
     sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, mine)
     return [int(s) for s in sizes]
@@ -195,7 +195,7 @@ def local_rows(z: torch.Tensor):
     if not is_active():
         yield
         return
-    count = torch.tensor(float(z.shape[-2]), dtype=torch.float64, device=z.device)
+    count = torch.full((), float(z.shape[-2]), dtype=torch.float64, device=z.device)
     dist.all_reduce(count)
     token = _LOCAL_ROWS.set(int(count))
     try:

@@ -89,13 +89,13 @@ def kernel_prior_mean(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.P
     if isinstance(kernel, _kernels.Gaussian):
         g = kernel.gamma
         cross = torch.exp(_gaussian_prior_log_terms(g, sq_norm, dim, sigma))
-        const = torch.tensor(math.exp(-0.5 * dim * math.log1p(4.0 * g * sigma ** 2)), dtype=z.dtype, device=z.device)
+        const = torch.full((), math.exp(-0.5 * dim * math.log1p(4.0 * g * sigma ** 2)), dtype=z.dtype, device=z.device)
         return cross, const
     # IMQ: gamma = alpha * S with S ~ Gamma(beta, 1)
     a = kernel.alpha
     rate = a * (sq_norm + dim * sigma ** 2)
     cross = _imq_mixture(kernel, rate, lambda g: _gaussian_prior_log_terms(g, sq_norm[:, None], dim, sigma))
-    rate0 = torch.tensor(2.0 * a * dim * sigma ** 2, dtype=z.dtype, device=z.device)
+    rate0 = torch.full((), 2.0 * a * dim * sigma ** 2, dtype=z.dtype, device=z.device)  # a fill, no copy
     const = _imq_mixture(kernel, rate0, lambda g: -0.5 * dim * torch.log1p(4.0 * g * sigma ** 2))
     return cross, const
 
