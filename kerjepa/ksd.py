@@ -47,7 +47,7 @@ from . import _checks, distributed
 from .kernels import Gaussian as _GaussianKernel
 from .kernels import sqdist
 from .pairwise import DEFAULT_BLOCK, pair_mean
-from .slicing import gauss_hermite, projection_gamma, resolve_directions
+from .slicing import ecf, gauss_hermite, project, projection_gamma, resolve_directions
 
 __all__ = ["stein_kernel", "ksd2", "sliced_ksd2", "SteinPair"]
 
@@ -270,23 +270,22 @@ def ksd2(z: torch.Tensor, kernel, prior, estimator: str = "u", backend: str = "a
 
 
 def _sliced_ksd2_finite(x, theta, t, w, prior, estimator):
-    """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D)."""
+    """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D),
+    knots ``t`` and weights ``w`` (U,) of a folded rule (the integrand is even in t)."""
     n = distributed.global_rows(x.shape[0])
-    p = x @ theta.T                       # (N, K) projections
-    s = prior.score(x) @ theta.T          # (N, K) projected multivariate score
-    arg = p[:, :, None] * t               # (N, K, U)
-    cos, sin = torch.cos(arg), torch.sin(arg)
-    s3 = s[:, :, None]
-    # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U);
-    # row means over the global batch under a process group (kerjepa.distributed.local_rows)
-    mean = distributed.row_mean
-    re = mean(s3 * cos) - t * mean(sin)
-    im = mean(s3 * sin) + t * mean(cos)
+    n_local = x.shape[0]
+    ps = project(torch.cat([x, prior.score(x)]), theta)       # (K, 2N): projections, projected scores
+    p, s = ps[:, :n_local], ps[:, n_local:]
+    # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U),
+    # from the plain and the score-weighted characteristic functions of the projections
+    (re0, re1), (im0, im1) = ecf(p, t, s[None])                # (2, K, U) each
+    re = re1 - t * im0
+    im = im1 + t * re0
     v = ((re * re + im * im) @ w).mean()
     if estimator == "v":
         return v
     # i == j terms: |(s_i + i t) e^{i t p_i}|^2 = s_i^2 + t^2, weighted, per slice
-    diag = mean(s * s).mean() * w.sum() + (w * t * t).sum()
+    diag = distributed.row_mean((s * s).T).mean() * w.sum() + (w * t * t).sum()
     return (n * v - diag) / (n - 1)
 
 
@@ -342,7 +341,7 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
         approx: analytic slicing only (``num_slices=None``, no ``directions``); see
             :func:`kerjepa.analytic.analytic_sliced_ksd2`.
         backend: pair engine of analytic slicing (``"auto"``, ``"dense"``, ``"chunked"``); finite
-            slicing has no pair sum and needs :math:`O(NKU)` memory.
+            slicing has no pair sum and needs :math:`O(NK)` memory (:func:`kerjepa.slicing.ecf`).
         block_size: block edge of the chunked backend (analytic slicing).
 
     Shape:
@@ -387,7 +386,7 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
                          f"analytic slicing")
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     theta = resolve_directions(z, num_slices, directions, generator)
-    t, w = gauss_hermite(num_knots, projection_gamma(kernel, z))
+    t, w = gauss_hermite(num_knots, projection_gamma(kernel, z), fold=True)
     t, w = t.to(dtype=z.dtype, device=z.device), w.to(dtype=z.dtype, device=z.device)
 
     def statistic(x):
