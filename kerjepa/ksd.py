@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, distributed
+from . import _checks, distributed, priors as _priors
 from .kernels import Gaussian as _GaussianKernel
 from .kernels import sqdist
 from .pairwise import DEFAULT_BLOCK, pair_mean
@@ -269,13 +269,22 @@ def ksd2(z: torch.Tensor, kernel, prior, estimator: str = "u", backend: str = "a
     return _checks.per_view(z, statistic)
 
 
+#: priors whose score is a radial function times x (Table 2's isotropic priors)
+_RADIAL_SCORE = (_priors.Gaussian, _priors.Laplace, _priors.StudentT)
+
+
 def _sliced_ksd2_finite(x, theta, t, w, prior, estimator):
     """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D),
     knots ``t`` and weights ``w`` (U,) of a folded rule (the integrand is even in t)."""
     n = distributed.global_rows(x.shape[0])
-    n_local = x.shape[0]
-    ps = project(torch.cat([x, prior.score(x)]), theta)       # (K, 2N): projections, projected scores
-    p, s = ps[:, :n_local], ps[:, n_local:]
+    p = project(x, theta)                          # (K, N) projections
+    score = prior.score(x)
+    if type(prior) in _RADIAL_SCORE:
+        # s(x) = phi(|x|^2) x: the projected score is phi(|x_i|^2) p_ki, no second projection
+        sq = (x * x).sum(-1)
+        s = p * ((score * x).sum(-1) / torch.where(sq > 0, sq, torch.ones_like(sq)))
+    else:
+        s = project(score, theta)                  # (K, N) projected multivariate score
     # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U),
     # from the plain and the score-weighted characteristic functions of the projections
     (re0, re1), (im0, im1) = ecf(p, t, s[None])                # (2, K, U) each

@@ -138,6 +138,28 @@ def test_estimator_matches_loop_reference(case, gen):
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-12 * float(want_grad.abs().max()))
 
 
+class _Anisotropic(priors.Prior):
+    """N(0, diag(scales^2)): a score that is not a radial function times x."""
+
+    def __init__(self, scales):
+        super().__init__(1.0)
+        self.scales = scales
+
+    def score(self, z):
+        return -z / self.scales ** 2
+
+
+@pytest.mark.parametrize("estimator", ["v", "u"])
+def test_sliced_ksd_with_a_non_radial_score(estimator, gen):
+    z, theta = _data(gen)
+    prior = _Anisotropic(torch.linspace(0.5, 2.0, z.shape[1], dtype=F64))
+    fn = lambda x: F.sliced_ksd2(x, kernels.Gaussian(0.4), prior, directions=theta, estimator=estimator)  # noqa: E731
+    got, got_grad = _value_and_grad(fn, z)
+    want, want_grad = _value_and_grad(lambda x: ref_sliced_ksd2(x, theta, 0.4, prior, 21, estimator), z)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-12 * float(want_grad.abs().max()))
+
+
 @pytest.mark.parametrize("case", ["mmd-gaussian-v", "epps-pulley", "ksd-gaussian-v"])
 def test_float32_within_float32_round_off_of_reference(case, gen):
     fn, ref = CASES[case]
