@@ -157,8 +157,11 @@ def analytic_sliced_mmd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
         def kappa(neg_c):
             return _imq(-neg_c, scale, 0.5)
 
-    def pair_fn(xa, xb, fa, fb, dot, r2):
-        return kappa(-gamma * r2)
+    if approx is None:
+        pair_fn = _KappaPair(kappa, gamma)
+    else:
+        def pair_fn(xa, xb, fa, fb, dot, r2):
+            return kappa(-gamma * r2)
 
     def statistic(x):
         pairs = pair_mean(pair_fn, x, (), estimator=estimator, backend=backend, block_size=block_size)
@@ -168,8 +171,8 @@ def analytic_sliced_mmd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
     return _checks.per_view(z, statistic)
 
 
-def _a_minus_b_over_c(dim: int, c: torch.Tensor, a_val: torch.Tensor, b_val: torch.Tensor) -> torch.Tensor:
-    """(A(c) - B(c)) / c, by its Taylor series for small c and by the difference elsewhere."""
+def _ratio_series(dim: int) -> list[float]:
+    """Taylor coefficients of (A(c) - B(c)) / c = sum_k coefs[k] c^k, k = 0 .. _SERIES_TERMS - 1."""
     # A = sum_n alpha_n (-c)^n / n!, B = sum_n beta_n (-c)^n / n!, alpha_0 = beta_0 = 1
     coefs = []
     alpha = beta = 1.0
@@ -177,13 +180,160 @@ def _a_minus_b_over_c(dim: int, c: torch.Tensor, a_val: torch.Tensor, b_val: tor
         alpha *= (0.5 + n - 1) / (dim / 2.0 + n - 1)
         beta *= (1.5 + n - 1) / (dim / 2.0 + 1 + n - 1)
         coefs.append((alpha - beta) * (-1.0) ** n / math.factorial(n))
-    small = c < _SERIES_BELOW
-    cs = torch.where(small, c, torch.zeros_like(c))
-    series = torch.full_like(c, coefs[-1])
+    return coefs
+
+
+def _horner(coefs, c):
+    out = torch.full_like(c, coefs[-1])
     for k in coefs[-2::-1]:
-        series = series * cs + k
+        out = out * c + k
+    return out
+
+
+def _a_minus_b_over_c(dim: int, c: torch.Tensor, a_val: torch.Tensor, b_val: torch.Tensor) -> torch.Tensor:
+    """(A(c) - B(c)) / c, by its Taylor series for small c and by the difference elsewhere."""
+    small = c < _SERIES_BELOW
+    series = _horner(_ratio_series(dim), torch.where(small, c, torch.zeros_like(c)))
     safe = torch.where(small, torch.ones_like(c), c)
     return torch.where(small, series, (a_val - b_val) / safe)
+
+
+#: elements of one (rows x N) block of the hand-written pair sums (512 KiB in float32: in cache)
+PAIR_BLOCK = 1 << 17
+
+
+def _row_blocks(n: int):
+    """Row ranges [i0, i1) of the hand-written pair sums: blocks of about PAIR_BLOCK elements."""
+    step = max(1, min(n, PAIR_BLOCK // max(n, 1)))
+    for i0 in range(0, n, step):
+        yield i0, min(i0 + step, n)
+
+
+def _diagonal(m: torch.Tensor, i0: int) -> torch.Tensor:
+    """View of the entries (i, i0 + i) of a block of rows [i0, i0 + B) against all columns."""
+    return m.diagonal(offset=i0)
+
+
+class _KappaPair:
+    r"""Pair function :math:`\kappa_D(\gamma r^2) = A(\gamma r^2)` of the analytic sliced MMD, with
+    the hand-written gradient of its full sum (the ``sum_and_grads`` protocol of
+    :mod:`kerjepa.pairwise`): :math:`\nabla_{x_i} = 4\gamma\sum_j A'(c_{ij})(x_i - x_j)`, one
+    (N, N) @ (N, D) product, with :math:`A' = -\frac1D{}_1F_1(\tfrac32; \tfrac D2 + 1; -c)`.
+    Computed over blocks of rows, so that every element-wise pass runs in cache.
+    """
+
+    def __init__(self, kappa, gamma: float):
+        self.kappa, self.gamma = kappa, gamma
+
+    def __call__(self, xa, xb, fa, fb, dot, r2):
+        return self.kappa(-self.gamma * r2)
+
+    def sum_and_grads(self, x, features, exclude_diagonal):
+        gamma, fn = self.gamma, self.kappa
+        n = x.shape[0]
+        nx = (x * x).sum(-1)
+        total = x.new_zeros(())
+        grad = torch.empty_like(x)
+        for i0, i1 in _row_blocks(n):
+            xb = x[i0:i1]
+            neg_c = torch.mm(xb, x.T).mul_(2.0 * gamma).sub_(nx[i0:i1, None], alpha=gamma)
+            neg_c.sub_(nx[None, :], alpha=gamma).clamp_max_(0.0)
+            _diagonal(neg_c, i0).zero_()
+            total += fn.evaluate(neg_c).sum()
+            slope = fn.derivative.evaluate(neg_c).mul_(-fn.a / fn.b)   # dA/dc
+            _diagonal(slope, i0).zero_()
+            torch.mm(slope, x, out=grad[i0:i1])
+            grad[i0:i1].mul_(-1.0).addcmul_(slope.sum(-1, keepdim=True), xb).mul_(4.0 * gamma)
+        if exclude_diagonal:  # A(0) = 1 on the diagonal
+            total -= n
+        return total, (grad,)
+
+
+class _SteinPair:
+    r"""Pair function :math:`h` of the analytic sliced KSD (module docstring, exact :math:`A, B`,
+    D >= 2), with the hand-written gradient of its full sum (the ``sum_and_grads`` protocol).
+
+    As a function of :math:`r^2`, :math:`d = x^\top x'` and the squared norms :math:`n, n'`
+    (``features``), with :math:`A' = -B/D`, :math:`B' = -\frac{3}{D+2}E`,
+    :math:`E = {}_1F_1(\tfrac52; \tfrac D2 + 2; -c)` and :math:`R = (A - B)/c`:
+    :math:`P = \partial h/\partial r^2`, :math:`Q = \partial h/\partial d` and
+    :math:`\partial h/\partial n = -\gamma\alpha R\,\delta^\top x'`, so that the gradient of the
+    symmetric sum is :math:`\nabla_x = 4(P\mathbf 1)\odot x + (2Q - 4P)x` and
+    :math:`\nabla_n = -2\gamma\alpha(R\odot\Delta')\mathbf 1` with
+    :math:`\alpha = 1/(\sigma^4(D-1))`. :math:`R'` comes from the same Taylor series as
+    :math:`R` for small :math:`c`. Three :math:`{}_1F_1` evaluations per pair where autograd
+    takes four, over blocks of rows so that every element-wise pass runs in cache.
+    """
+
+    def __init__(self, dim: int, gamma: float, sigma: float, pair_fn):
+        self.dim, self.gamma = dim, gamma
+        self.inv_s4 = 1.0 / sigma ** 4
+        self.quad = 2.0 * gamma / sigma ** 2 + 4.0 * gamma * gamma
+        self.fa, self.fb = Hyp1F1.get(0.5, dim / 2.0), Hyp1F1.get(1.5, dim / 2.0 + 1.0)
+        self.fe = Hyp1F1.get(2.5, dim / 2.0 + 2.0)
+        self.series = _ratio_series(dim)
+        self.dseries = [k * a for k, a in enumerate(self.series)][1:]
+        self._plain = pair_fn
+
+    def __call__(self, xa, xb, fa, fb, dot, r2):
+        return self._plain(xa, xb, fa, fb, dot, r2)
+
+    def sum_and_grads(self, x, features, exclude_diagonal):
+        (nrm,) = features
+        n = x.shape[0]
+        total = x.new_zeros(())
+        grad_x, grad_n = torch.empty_like(x), torch.empty_like(nrm)
+        for i0, i1 in _row_blocks(n):
+            t, gx, gn = self._block(x, nrm, i0, i1, exclude_diagonal)
+            total += t
+            grad_x[i0:i1], grad_n[i0:i1] = gx, gn
+        return total, (grad_x, grad_n)
+
+    def _block(self, x, nrm, i0, i1, exclude_diagonal):
+        """Sum of h over rows [i0, i1) and all columns, and the gradients of the full sum for these rows."""
+        dim, gamma = self.dim, self.gamma
+        alpha = self.inv_s4 / (dim - 1)
+        xb, nb = x[i0:i1], nrm[i0:i1, None]
+        dot = torch.mm(xb, x.T)
+        r2 = torch.mul(dot, -2.0).add_(nb).add_(nrm[None, :]).clamp_min_(0.0)
+        _diagonal(r2, i0).zero_()
+        neg_c = r2 * -gamma
+        a_val, b_val, e_val = (f.evaluate(neg_c) for f in (self.fa, self.fb, self.fe))
+        c = neg_c.neg_()
+        small = c < _SERIES_BELOW
+        cs = torch.where(small, c, 0.0)
+        safe = c.masked_fill_(small, 1.0)
+        ratio = torch.where(small, _horner(self.series, cs), (a_val - b_val).div_(safe))
+        # R' = (A' - B' - R) / c, with A' = -B / D and B' = -3 E / (D + 2)
+        dratio = torch.mul(e_val, 3.0 / (dim + 2.0)).sub_(b_val, alpha=1.0 / dim).sub_(ratio).div_(safe)
+        dratio = torch.where(small, _horner(self.dseries, cs), dratio)
+        del cs, safe, small
+        dx = torch.sub(nb, dot)                     # delta . x
+        dxp = torch.sub(dot, nrm[None, :])          # delta . x'
+        prod = dx * dxp
+        a_b = torch.add(a_val, b_val, alpha=-1.0 / dim)               # A - B / D
+        h = a_val.mul_(2.0 * gamma).addcmul_(dot, a_b, value=alpha).addcmul_(prod, ratio, value=-gamma * alpha)
+        h.addcmul_(r2, b_val, value=-self.quad / dim)
+        if exclude_diagonal:
+            _diagonal(h, i0).zero_()
+        total = h.sum()
+        del h
+        # P = dh/dr2 = gamma dh/dc (through A, B, R) - quad / D * B, with dA/dc = -B / D
+        db = e_val.mul_(-3.0 / (dim + 2.0))                           # dB/dc
+        p = torch.mul(b_val, -2.0 * gamma / dim)
+        p.addcmul_(dot, torch.add(db, b_val), value=-alpha / dim)          # alpha d (A' - B'/D)
+        p.addcmul_(prod, dratio, value=-gamma * alpha).addcmul_(r2, db, value=-self.quad / dim)
+        p.mul_(gamma).add_(b_val, alpha=-self.quad / dim)
+        del prod, dratio, db, b_val, r2
+        # Q = dh/d(x.x') = alpha (A - B / D) - gamma alpha R (dx - dxp)
+        q = a_b.mul_(alpha).addcmul_(ratio, dx.sub_(dxp), value=-gamma * alpha)
+        rn = ratio.mul_(dxp)
+        if exclude_diagonal:
+            for m in (p, q, rn):
+                _diagonal(m, i0).zero_()
+        gx = torch.mm(q.mul_(2.0).add_(p, alpha=-4.0), x).addcmul_(p.sum(-1, keepdim=True), xb, value=4.0)
+        gn = rn.sum(-1).mul_(-2.0 * gamma * alpha)
+        return total, gx, gn
 
 
 def analytic_sliced_ksd2(z: torch.Tensor, kernel, prior, estimator: str = "v", approx: str | None = None,
@@ -265,8 +415,10 @@ def analytic_sliced_ksd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
             h = torch.where(r2 > 0, h, 2.0 * gamma + (inv_s4 / dim) * dot)
         return h
 
+    pair = _SteinPair(dim, gamma, prior.sigma, pair_fn) if approx is None else pair_fn
+
     def statistic(x):
-        return pair_mean(pair_fn, x, ((x * x).sum(-1),), estimator=estimator, backend=backend,
+        return pair_mean(pair, x, ((x * x).sum(-1),), estimator=estimator, backend=backend,
                          block_size=block_size)
 
     return _checks.per_view(z, statistic)

@@ -48,7 +48,7 @@ from .analytic import KSD_APPROX, analytic_sliced_ksd2, check_analytic_options
 from .kernels import Gaussian as _GaussianKernel
 from .kernels import sqdist
 from .pairwise import BACKENDS, DEFAULT_BLOCK, pair_mean
-from .slicing import gauss_hermite, projection_gamma, resolve_directions
+from .slicing import ecf, gauss_hermite, project, projection_gamma, resolve_directions
 
 __all__ = ["stein_kernel", "ksd2", "sliced_ksd2", "SteinPair", "check_ksd2_options", "check_sliced_ksd2_options"]
 
@@ -290,24 +290,32 @@ def _ksd2(z, kernel, prior, estimator, backend, block_size):
     return _checks.per_view(z, statistic)
 
 
+#: priors whose score is a radial function times x (Table 2's isotropic priors)
+_RADIAL_SCORE = (_priors.Gaussian, _priors.Laplace, _priors.StudentT)
+
+
 def _sliced_ksd2_finite(x, theta, t, w, prior, estimator):
-    """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D)."""
+    """Finite-slice spectral estimator for one view ``x`` (N, D), directions ``theta`` (K, D),
+    knots ``t`` and weights ``w`` (U,) of a folded rule (the integrand is even in t)."""
     n = distributed.global_rows(x.shape[0])
-    p = x @ theta.T                       # (N, K) projections
-    s = prior.score(x) @ theta.T          # (N, K) projected multivariate score
-    arg = p[:, :, None] * t               # (N, K, U)
-    cos, sin = torch.cos(arg), torch.sin(arg)
-    s3 = s[:, :, None]
-    # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U);
-    # row means over the global batch under a process group (kerjepa.distributed.local_rows)
-    mean = distributed.row_mean
-    re = mean(s3 * cos) - t * mean(sin)
-    im = mean(s3 * sin) + t * mean(cos)
+    p = project(x, theta)                          # (K, N) projections
+    score = prior.score(x)
+    if type(prior) in _RADIAL_SCORE:
+        # s(x) = phi(|x|^2) x: the projected score is phi(|x_i|^2) p_ki, no second projection
+        sq = (x * x).sum(-1)
+        s = p * ((score * x).sum(-1) / torch.where(sq > 0, sq, torch.ones_like(sq)))
+    else:
+        s = project(score, theta)                  # (K, N) projected multivariate score
+    # E_i[(s_i + i t) e^{i t p_i}] = E[s cos - t sin] + i E[s sin + t cos], shape (K, U),
+    # from the plain and the score-weighted characteristic functions of the projections
+    (re0, re1), (im0, im1) = ecf(p, t, s[None])                # (2, K, U) each
+    re = re1 - t * im0
+    im = im1 + t * re0
     v = ((re * re + im * im) @ w).mean()
     if estimator == "v":
         return v
     # i == j terms: |(s_i + i t) e^{i t p_i}|^2 = s_i^2 + t^2, weighted, per slice
-    diag = mean(s * s).mean() * w.sum() + (w * t * t).sum()
+    diag = distributed.row_mean((s * s).T).mean() * w.sum() + (w * t * t).sum()
     return (n * v - diag) / (n - 1)
 
 
@@ -393,7 +401,7 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
         approx: analytic slicing only (``num_slices=None``, no ``directions``); see
             :func:`kerjepa.analytic.analytic_sliced_ksd2`.
         backend: pair engine of analytic slicing (``"auto"``, ``"dense"``, ``"chunked"``); finite
-            slicing has no pair sum and needs :math:`O(NKU)` memory.
+            slicing has no pair sum and needs :math:`O(NK)` memory (:func:`kerjepa.slicing.ecf`).
         block_size: block edge of the chunked backend (analytic slicing).
 
     Shape:
@@ -424,7 +432,7 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
                                     backend=backend, block_size=block_size)
     z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
     theta = resolve_directions(z, num_slices, directions, generator)
-    t, w = gauss_hermite(num_knots, projection_gamma(kernel, z))
+    t, w = gauss_hermite(num_knots, projection_gamma(kernel, z), fold=True)
     t, w = t.to(dtype=z.dtype, device=z.device), w.to(dtype=z.dtype, device=z.device)
 
     def statistic(x):

@@ -1,23 +1,52 @@
-r"""Slicing: random unit directions and the Gauss–Hermite rule of the sliced estimators.
+r"""Slicing: random unit directions, the Gauss–Hermite rule, and the one characteristic-function
+core that every finitely sliced estimator shares.
 
 A sliced discrepancy projects (N, D) embeddings on K unit directions and averages a 1-D
 discrepancy over them (paper Def. 1). Directions are drawn from a ``torch.Generator``; the
 ``nn.Module`` regularizers seed it with a step counter that is identical on every rank, so all
 processes use the same slices and a resumed run continues the same sequence.
+
+Every finitely sliced estimator (:func:`kerjepa.mmd.sliced_mmd2`, :func:`kerjepa.mmd.epps_pulley`,
+:func:`kerjepa.ksd.sliced_ksd2`) reduces to the same (K, U) statistics of the projections
+:math:`p_{ki} = \theta_k^\top z_i`: empirical characteristic functions, possibly weighted per row,
+
+.. math::
+    M_{kuj} = \frac1N\sum_i w_{kij}\,e^{\mathrm i t_u p_{ki}},
+
+computed by :func:`ecf` (with :math:`w = 1` for the MMDs and :math:`w \in \{1, s\}` for the KSD,
+:math:`s` the projected score). Each estimator then keeps only its 1-D discrepancy of these (K, U)
+numbers. :func:`ecf` never stores an (N, K, U) tensor: it runs over blocks of slices, and its
+backward recomputes :math:`\cos, \sin` of one block at a time from the saved projections, so
+forward+backward memory is :math:`O(NK)`. Two facts of the grids save work:
+
+* a quadrature whose integrand is even in :math:`t` (every estimator here: :math:`\cos` is even,
+  :math:`\sin` odd and the targets real and even) needs only the knots :math:`t \ge 0`
+  (:func:`gauss_hermite` with ``fold=True``);
+* on a linear grid :math:`t_u = u\Delta` (Epps–Pulley's trapezoid rule) :math:`e^{\mathrm i t_u p}`
+  follows from :math:`e^{\mathrm i\Delta p}` by complex multiplication (angle addition), one
+  sine/cosine pair per projection instead of one per knot.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
+import scipy.special as sps
 import torch
 
-from . import _checks, kernels as _kernels
+from . import _checks, distributed, kernels as _kernels
 
-__all__ = ["random_directions", "gauss_hermite", "resolve_directions", "projection_gamma"]
+__all__ = ["random_directions", "gauss_hermite", "resolve_directions", "projection_gamma", "project",
+           "ecf", "check_slice_memory", "ECF_BLOCK"]
 
 #: floor on direction norms before normalising; a zero draw gives a zero direction, never NaN
 DIRECTION_EPS = 1e-12
+#: elements of one block of (slices x 2 knots x rows) cos/sin values in :func:`ecf` (8 MiB in float32)
+ECF_BLOCK = 1 << 21
+#: (K, N) tensors a sliced estimator holds at once per view, forward and backward (projections,
+#: projected scores, their gradients, the row weights): the estimate of :func:`check_slice_memory`
+_LIVE_KN = 6
 
 
 def random_directions(num_slices: int, dim: int, generator: torch.Generator | None = None,
@@ -35,30 +64,75 @@ def random_directions(num_slices: int, dim: int, generator: torch.Generator | No
     return g.to(dtype=dtype, device=device)
 
 
+def _memory_limit(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (physical memory for the CPU), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_slice_memory(num_slices: int, z: torch.Tensor) -> None:
+    """Raise a ``ValueError`` when K slices of ``z`` (..., N, D) cannot fit in the device's memory.
+
+    The estimate counts the (K, D) directions and a few (K, N) tensors per view (projections,
+    scores, gradients); no tensor is read, so the check costs no synchronisation.
+    """
+    n, dim = z.shape[-2], z.shape[-1]
+    need = num_slices * (dim + _LIVE_KN * n) * z.element_size()
+    limit = _memory_limit(z.device)
+    if limit is not None and need > limit:
+        raise ValueError(f"num_slices={num_slices} needs about {need / 2 ** 30:.3g} GiB for the (K, D) "
+                         f"directions and (K, N) projections of z of shape {tuple(z.shape)}, more than "
+                         f"the {limit / 2 ** 30:.3g} GiB of memory of device {z.device}; use fewer slices")
+
+
 def resolve_directions(z: torch.Tensor, num_slices: int, directions, generator) -> torch.Tensor:
     """The (K, D) unit directions a sliced estimator uses for ``z`` of shape (..., N, D)."""
     if directions is not None:
         return _checks.directions(directions, z.shape[-1], z)
+    check_slice_memory(num_slices, z)
     return random_directions(num_slices, z.shape[-1], generator, dtype=z.dtype, device=z.device)
 
 
-def gauss_hermite(num_knots: int, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gauss_hermite(num_knots: int, gamma: float, fold: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Knots and weights for :math:`\int f(t)\,\rho_\gamma(t)\,dt \approx \sum_q w_q f(t_q)`.
 
     :math:`\rho_\gamma` is the spectral density of the 1-D Gaussian kernel
     :math:`e^{-\gamma u^2}`, i.e. the :math:`\mathcal N(0, 2\gamma)` density (paper eq. 18), so
     :math:`t_q = 2\sqrt\gamma\,x_q` and :math:`w_q = w^{GH}_q/\sqrt\pi` from the physicists'
-    Gauss–Hermite rule (DIGEST §3.2). The rule is exact for polynomials of degree
-    :math:`< 2U` and uses both signs of :math:`t` (no symmetry assumption).
+    Gauss–Hermite rule. The rule is exact for polynomials of degree :math:`< 2U`. Its nodes come
+    from SciPy's ``roots_hermite`` (Golub–Welsch up to U = 150, an asymptotic expansion above),
+    finite for every U; far-out weights underflow to 0 for large U, harmlessly.
+
+    Args:
+        num_knots: U >= 1.
+        gamma: bandwidth > 0.
+        fold: for integrands even in :math:`t`: return the knots :math:`t_q \ge 0` only (ascending),
+            each :math:`t_q > 0` with the weight of :math:`\pm t_q` together.
 
     Returns:
-        ``(t, w)``: float64 tensors of shape (U,).
+        ``(t, w)``: float64 tensors of shape (U,), or (⌈U/2⌉,) with ``fold``.
+
+    Example:
+        >>> t, w = gauss_hermite(3, 0.5, fold=True)    # N(0, 1): knots 0 and sqrt(3)
+        >>> [round(float(v), 6) for v in t], [round(float(v), 6) for v in w]
+        ([0.0, 1.732051], [0.666667, 0.333333])
     """
     _checks.positive_int(num_knots, "num_knots")
     gamma = _checks.positive(gamma, "gamma")
-    x, w = np.polynomial.hermite.hermgauss(num_knots)
-    t = torch.from_numpy(2.0 * math.sqrt(gamma) * x)
-    return t, torch.from_numpy(w / math.sqrt(math.pi))
+    x, w = sps.roots_hermite(num_knots)
+    x, w = 2.0 * math.sqrt(gamma) * x, w / math.sqrt(math.pi)
+    if fold:
+        # the rule is symmetric: x[U - 1 - q] = -x[q], equal weights; the middle knot (odd U) is 0
+        half = num_knots // 2
+        pos, wpos = -x[:half][::-1], 2.0 * w[:half][::-1]
+        if num_knots % 2:
+            pos, wpos = np.concatenate([[0.0], pos]), np.concatenate([[w[half]], wpos])
+        x, w = pos, wpos
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(w))
 
 
 def projection_gamma(kernel, z: torch.Tensor) -> float:
@@ -71,3 +145,171 @@ def projection_gamma(kernel, z: torch.Tensor) -> float:
     if kernel.gamma == "median":
         return z.shape[-1] * _kernels._median_gamma(z.reshape(-1, z.shape[-1]))
     return kernel.resolve(dim=1).gamma
+
+
+def project(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""Projections :math:`p_{ki} = \theta_k^\top x_i` of rows ``x`` (N, D) on directions ``theta`` (K, D).
+
+    Shape:
+        Returns (K, N): one row per slice, the layout :func:`ecf` works in.
+    """
+    return theta @ x.T
+
+
+# --------------------------------------------------------------------------------------------
+# The empirical characteristic function of the projections
+# --------------------------------------------------------------------------------------------
+def _block_slices(k: int, n: int, u: int) -> int:
+    """Slices per block, so that a block's (2U, slices, N) cos/sin buffer has about ECF_BLOCK elements."""
+    return max(1, min(k, ECF_BLOCK // max(1, 2 * u * n)))
+
+
+def _cos_sin(p: torch.Tensor, t: torch.Tensor, step: float | None, buf: torch.Tensor) -> torch.Tensor:
+    r"""``[cos(t_u p); sin(t_u p)]`` for a block of projections ``p`` (B, N), written into
+    ``buf[:, :B]``: shape (2U, B, N), one contiguous (B, N) slab per knot.
+
+    With ``step`` (a linear grid :math:`t_u = u\Delta`, :math:`t_0 = 0`) the values follow from
+    :math:`e^{\mathrm i\Delta p}` by the recurrence :math:`e^{\mathrm i(u+1)\Delta p}
+    = e^{\mathrm iu\Delta p}e^{\mathrm i\Delta p}`; otherwise each is evaluated directly.
+    """
+    b = p.shape[0]
+    u = t.shape[0]
+    cs = buf[:, :b] if b < buf.shape[1] else buf
+    cos, sin = cs[:u], cs[u:]
+    if step is None:
+        arg = torch.mul(p[None], t[:, None, None], out=cs[u:])            # (U, B, N), in the sin slab
+        torch.cos(arg, out=cos)
+        sin.sin_()
+        return cs
+    cos[0].fill_(1.0)
+    sin[0].zero_()
+    if u > 1:
+        arg = p * step
+        c1, s1 = torch.cos(arg, out=cos[1]), torch.sin(arg, out=sin[1])
+        for j in range(2, u):  # (c + i s)(c1 + i s1)
+            torch.mul(cos[j - 1], c1, out=cos[j]).addcmul_(sin[j - 1], s1, value=-1.0)
+            torch.mul(sin[j - 1], c1, out=sin[j]).addcmul_(cos[j - 1], s1)
+    return cs
+
+
+def _ecf_reference(p, t, weights):
+    """The sums of :class:`_EcfSums` (K, 1 + m, 2U), with autograd on a (K, 2U, N) tensor (double backward)."""
+    arg = p[:, None, :] * t[None, :, None]
+    cs = torch.cat([torch.cos(arg), torch.sin(arg)], 1)             # (K, 2U, N)
+    plain = cs.sum(-1)[:, None, :]
+    if weights is None:
+        return plain
+    return torch.cat([plain, weights.transpose(0, 1) @ cs.transpose(1, 2)], 1)
+
+
+class _EcfSums(torch.autograd.Function):
+    r"""Row sums :math:`\sum_i w_{jki}[\cos(t_u p_{ki}), \sin(t_u p_{ki})]`, shape (K, 1 + m, 2U),
+    for :math:`w_0 = 1` and the m row weights ``weights`` (m, K, N).
+
+    Forward and backward run over blocks of slices; only ``p`` (K, N) and ``weights`` are saved.
+    The backward recomputes a block's cos/sin and takes one batched matrix product with the
+    (K, 1 + m, 2U) gradient: with :math:`G = [G_c, G_s]`,
+    :math:`\partial/\partial w_{jki} = \sum_u G_{c,kju}\cos + G_{s,kju}\sin` and
+    :math:`\partial/\partial p_{ki} = \sum_j w_{jki}\sum_u t_u(G_{s,kju}\cos - G_{c,kju}\sin)`.
+    """
+
+    @staticmethod
+    def forward(ctx, p, t, weights, step):
+        ctx.step = step
+        ctx.save_for_backward(p, t, weights)
+        k, n = p.shape
+        u = t.shape[0]
+        m = 0 if weights is None else weights.shape[0]
+        wk = None if weights is None else weights.transpose(0, 1)     # (K, m, N)
+        out = torch.empty(k, 1 + m, 2 * u, dtype=p.dtype, device=p.device)
+        bs = _block_slices(k, n, u)
+        buf = torch.empty(2 * u, bs, n, dtype=p.dtype, device=p.device)
+        for k0 in range(0, k, bs):
+            k1 = min(k0 + bs, k)
+            cs = _cos_sin(p[k0:k1], t, step, buf)                         # (2U, B, N)
+            out[k0:k1, 0] = cs.sum(-1).T
+            if wk is not None:
+                torch.bmm(wk[k0:k1], cs.permute(1, 2, 0), out=out[k0:k1, 1:])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, t, weights = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the autograd version
+            wrt = [v for v, need in ((p, ctx.needs_input_grad[0]), (weights, ctx.needs_input_grad[2])) if need]
+            got = iter(torch.autograd.grad(_ecf_reference(p, t, weights), wrt, grad, create_graph=True))
+            gp = next(got) if ctx.needs_input_grad[0] else None
+            gw = next(got) if ctx.needs_input_grad[2] else None
+            return gp, None, gw, None
+        k, n = p.shape
+        u = t.shape[0]
+        m = grad.shape[1] - 1
+        # rows [H; G_w]: H = [t G_s, -t G_c] gives d/dp, G of the weighted rows gives d/dw
+        need_p, need_w = ctx.needs_input_grad[0], weights is not None and ctx.needs_input_grad[2]
+        rows = torch.cat([grad[..., u:] * t, -grad[..., :u] * t], -1)    # (K, 1 + m, 2U)
+        if need_w:
+            rows = torch.cat([rows, grad[:, 1:]], 1)                      # (K, 1 + 2m, 2U)
+        gp = torch.empty_like(p) if need_p else None
+        gw = torch.empty_like(weights) if need_w else None
+        wk = None if weights is None else weights.transpose(0, 1)
+        bs = _block_slices(k, n, u)
+        buf = torch.empty(2 * u, bs, n, dtype=p.dtype, device=p.device)
+        for k0 in range(0, k, bs):
+            k1 = min(k0 + bs, k)
+            cs = _cos_sin(p[k0:k1], t, ctx.step, buf).transpose(0, 1)    # (B, 2U, N)
+            both = torch.bmm(rows[k0:k1], cs)                             # (B, 1 + m [+ m], N)
+            if need_p:
+                if m == 0:
+                    gp[k0:k1] = both[:, 0]
+                else:
+                    torch.addcmul(both[:, 0], both[:, 1], wk[k0:k1, 0], out=gp[k0:k1])
+                    for j in range(1, m):
+                        gp[k0:k1].addcmul_(both[:, 1 + j], wk[k0:k1, j])
+            if need_w:
+                gw[:, k0:k1] = both[:, 1 + m:].transpose(0, 1)
+        return gp, None, gw, None
+
+
+def _row_mean_of_sums(sums: torch.Tensor, n_local: int) -> torch.Tensor:
+    """``sums`` over this process's rows -> the mean over the rows, as :func:`kerjepa.distributed.row_mean`
+    takes it: over the global batch inside :func:`kerjepa.distributed.local_rows`, else the local one."""
+    if distributed._LOCAL_ROWS.get() is None:
+        return sums / n_local
+    return distributed.all_reduce_sum(sums) / distributed.global_rows(n_local)
+
+
+def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
+        step: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Weighted empirical characteristic functions of projections, per slice and knot.
+
+    .. math::
+        \mathrm{Re}_{jku} + \mathrm i\,\mathrm{Im}_{jku}
+        = \frac1N\sum_i w_{jki}\,e^{\mathrm i t_u p_{ki}}, \qquad w_0 = 1,
+
+    with the mean over the rows of the global batch inside :func:`kerjepa.distributed.local_rows`
+    (one all-reduce of the (K, U) sums). Memory :math:`O(NKm)` forward and backward (module
+    docstring); differentiable in ``p`` and ``weights``, twice through autograd.
+
+    Args:
+        p: projections (K, N) (:func:`project`).
+        t: knots (U,) in the dtype and on the device of ``p``.
+        weights: optional stack of m row weights :math:`w_1, \dots, w_m`, shape (m, K, N).
+        step: :math:`\Delta` when ``t`` is the linear grid :math:`t_u = u\Delta` (then evaluated by
+            the angle-addition recurrence), else ``None``.
+
+    Returns:
+        ``(re, im)``: the plain characteristic function (:math:`w_0 = 1`), each (K, U); with
+        ``weights``, each (1 + m, K, U), the plain one first.
+
+    Example:
+        >>> p = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+        >>> re, im = ecf(p, torch.tensor([0.0, 2.0], dtype=torch.float64))
+        >>> torch.allclose(re, torch.tensor([[1.0, (1 + math.cos(2.0)) / 2]], dtype=torch.float64))
+        True
+    """
+    u = t.shape[0]
+    mean = _row_mean_of_sums(_EcfSums.apply(p, t, weights, step), p.shape[-1])   # (K, 1 + m, 2U)
+    re, im = mean[..., :u], mean[..., u:]
+    if weights is None:
+        return re[:, 0], im[:, 0]
+    return re.transpose(0, 1), im.transpose(0, 1)
