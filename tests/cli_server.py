@@ -5,10 +5,12 @@ kerjepa.train`` does (exit status, stdout, stderr, signals; an uncaught exceptio
 like the interpreter would), without paying the few seconds of imports per command.
 
 Protocol: one JSON object per line on stdin, ``{"argv": [...], "cwd": DIR, "env": {...},
-"signal_at_step": [k, signum], "poison_at_step": k, "nan_after": k}``; one JSON object per line on stdout,
+"signal_at_step": [k, signum], "signal_in": [name, signum], "poison_at_step": k, "nan_after": k}``; one JSON object per line on stdout,
 ``{"rc": int, "stdout": str, "stderr": str}`` (rc is -signum for a process killed by a signal).
-``signal_at_step`` sends the signal to the child itself inside its k-th optimizer step (1-based);
-``poison_at_step`` writes a NaN into a weight right after the k-th optimizer step;
+``signal_at_step`` sends the signal to the child itself inside its k-th optimizer step (1-based), or
+to its process group with ``"signal_group": true`` (as a terminal's Ctrl-C or a scheduler does);
+``poison_at_step`` writes a NaN into a weight right after the k-th optimizer step; ``signal_in``:
+[name, signum] signals the child right after it called ``kerjepa.training.loop.<name>``;
 ``nan_after`` makes the regularizer return NaN from its k-th call on (the dry run counts as a call).
 """
 import json
@@ -36,14 +38,23 @@ def _patch(request):
 
         def faulty_step(self, *args, **kwargs):
             calls[0] += 1
-            if calls[0] == signal_at:
-                os.kill(os.getpid(), signum)
+            if calls[0] == signal_at:  # to the process, or to its whole group (DataLoader workers too)
+                os.killpg(0, signum) if request.get("signal_group") else os.kill(os.getpid(), signum)
             out = step(self, *args, **kwargs)
             if calls[0] == poison_at:  # an update that turns a weight non-finite (the loss was still finite)
                 with torch.no_grad():
                     self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
             return out
         torch.optim.AdamW.step = faulty_step
+    if "signal_in" in request:  # signal the process from inside loop.<name>, before training starts
+        name, signum = request["signal_in"]
+        original = getattr(loop, name)
+
+        def signalling(*args, **kwargs):
+            out = original(*args, **kwargs)
+            os.kill(os.getpid(), signum)
+            return out
+        setattr(loop, name, signalling)
     if "nan_after" in request:
         k, build = request["nan_after"], kerjepa.regularizer
 
@@ -60,6 +71,7 @@ def _patch(request):
 
 
 def _child(request, out_path, err_path):
+    os.setpgrp()  # its own process group, which a signal to the group reaches, and nothing else
     os.chdir(request.get("cwd", os.getcwd()))
     os.environ.update(request.get("env", {}))
     for fd, path in ((1, out_path), (2, err_path)):

@@ -269,6 +269,29 @@ def test_signal_then_resume_is_bit_identical(cli, finished_run, tmp_path, signum
     assert strip(records(run)) == strip(records(finished_run))  # same metrics, none duplicated or missing
 
 
+def test_sigterm_before_training_starts_stops_at_once(cli, run_copy, tmp_path):
+    """While the data is checked nothing can be lost: the run stops at once, the checkpoint stays as it was."""
+    before = (run_copy / C.CHECKPOINT).read_bytes()
+    rc, _, err = cli.run(["--resume", f"--out={run_copy}", "--max_steps=8"], tmp_path,
+                         signal_in=["check_model", int(signal.SIGTERM)])
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert "stopped at once" in err and "is as it was" in err and len(err.strip().splitlines()) == 1
+    assert (run_copy / C.CHECKPOINT).read_bytes() == before
+
+
+def test_sigterm_to_the_process_group_with_dataloader_workers(cli, finished_run, tmp_path):
+    """A scheduler signals every process of the job: the workers too. The run still stops after a checkpoint."""
+    run = tmp_path / "run"
+    rc, _, err = cli.run(TINY + ["--num_workers=2", f"--out={run}"], tmp_path,
+                         signal_at_step=[3, int(signal.SIGTERM)], signal_group=True)
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert ckpt(run)["step"] == 3
+    rc, _, err = cli.run(["--resume", f"--out={run}", "--num_workers=0"], tmp_path)
+    assert rc == 0, err
+    a, b = ckpt(finished_run), ckpt(run)
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
+
+
 def test_torn_metrics_line_is_repaired_on_resume(cli, finished_run, tmp_path):
     run = tmp_path / "run"
     rc, _, err = cli.run(TINY + [f"--out={run}"], tmp_path, signal_at_step=[5, int(signal.SIGTERM)])
@@ -365,3 +388,10 @@ def test_yaml_numbers_on_the_command_line(tmp_path):
     import yaml
     cfg = yaml.safe_load(res.stdout)
     assert cfg["reg"]["gamma"] == 1e-3 and cfg["lam"] == 2.0
+
+
+def test_first_nonfinite_names_the_first_bad_tensor():
+    ok, nan, inf = torch.ones(3), torch.tensor([1.0, float("nan")]), torch.tensor([float("inf")], dtype=torch.float64)
+    assert C.first_nonfinite([("a", ok), ("step", torch.tensor(3)), ("empty", torch.empty(0))]) is None
+    assert C.first_nonfinite([("a", ok), ("b", nan), ("c", inf)]) == "b"
+    assert C.first_nonfinite([("a", ok), ("c", inf), ("n", 5.0)]) == "c"

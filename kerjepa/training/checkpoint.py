@@ -89,14 +89,19 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def first_nonfinite(named_tensors) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, or None (one host sync)."""
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None.
+
+    One host sync per device (Adam's step counts live on the CPU next to CUDA weights).
+    """
     named = [(n, t) for n, t in named_tensors if torch.is_tensor(t) and t.is_floating_point() and t.numel()]
-    if not named:
-        return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
-    if bool(finite.all()):
-        return None
-    return named[int((~finite).nonzero()[0])][0]
+    by_device = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    bad = []
+    for indices in by_device.values():
+        finite = torch.stack([torch.isfinite(named[i][1]).all() for i in indices]).cpu()
+        bad += [i for i, ok in zip(indices, finite.tolist()) if not ok]
+    return named[min(bad)][0] if bad else None
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer):

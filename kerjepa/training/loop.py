@@ -54,13 +54,17 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) stopped the run after a checkpoint at a consistent step.
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) stopped the run.
+
+    During training the step in progress finishes and is checkpointed; before the first step (while data
+    is checked and the random-init encoder evaluated) the run stops at once, with nothing to save.
 
     Attributes:
-        signum: the signal that arrived; ``step``: the step the checkpoint holds; ``path``: the checkpoint.
+        signum: the signal that arrived; ``step``: the step the checkpoint holds (None: stopped before
+        training started); ``path``: the checkpoint.
     """
 
-    def __init__(self, signum: int, step: int, path: Path):
+    def __init__(self, signum: int, step: int | None, path: Path):
         super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint {path}")
         self.signum, self.step, self.path = signum, step, path
 
@@ -492,7 +496,7 @@ def _start(cfg: Config, run_dir: Path, ckpt: dict | None, overwrite: bool = Fals
     prepare_run_dir(run_dir, resume=ckpt is not None, overwrite=overwrite,
                     remove=int(os.environ.get("RANK", "0")) == 0)
     dist = setup_distributed(cfg)
-    stop = _StopSignal()
+    stop = _StopSignal(run_dir / CHECKPOINT)
     try:
         with stop.installed():
             return _train(cfg, dist, run_dir, ckpt, t_start, changes, stop)
@@ -502,14 +506,15 @@ def _start(cfg: Config, run_dir: Path, ckpt: dict | None, overwrite: bool = Fals
 
 
 class _StopSignal:
-    """SIGINT and SIGTERM set a flag that the loop reads once per step; a second signal stops at once."""
+    """SIGINT and SIGTERM: once the loop runs (``armed``), a flag the loop reads once per step; before, or at a
+    second signal, an immediate :class:`Interrupted`."""
 
-    def __init__(self):
-        self.signum = 0
+    def __init__(self, path: Path):
+        self.signum, self.armed, self.path = 0, False, path
 
     def __call__(self, signum, frame):
-        if self.signum:
-            raise KeyboardInterrupt
+        if not self.armed or self.signum:
+            raise Interrupted(signum, None, self.path)
         self.signum = signum
 
     @contextlib.contextmanager
@@ -633,6 +638,7 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
     net.train()
     tick, tick_step, last, stopping = time.time(), step, {}, False
     batches = iter(loader)
+    stop.armed = True
     while True:
         try:
             views, local, labels = next(batches)
@@ -840,9 +846,13 @@ def _main(argv) -> int:
     except TrainingError as err:
         return _error(str(err), 1)
     except Interrupted as stop:
-        print(f"kerjepa.train: interrupted by {signal.Signals(stop.signum).name} at step {stop.step}; the checkpoint "
-              f"{stop.path} holds it; continue with: python -m kerjepa.train --out {stop.path.parent} --resume",
-              file=sys.stderr)
+        name = signal.Signals(stop.signum).name
+        if stop.step is None:  # before the first step, or a second signal: stopped at once
+            kept = f"the checkpoint {stop.path} is as it was" if stop.path.exists() else "no checkpoint was written"
+            print(f"kerjepa.train: interrupted by {name}, stopped at once; {kept}", file=sys.stderr)
+        else:
+            print(f"kerjepa.train: interrupted by {name} at step {stop.step}; the checkpoint {stop.path} holds it; "
+                  f"continue with: python -m kerjepa.train --out {stop.path.parent} --resume", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:
         print("kerjepa.train: interrupted before a checkpoint could be written", file=sys.stderr)
