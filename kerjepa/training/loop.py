@@ -45,8 +45,7 @@ from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_over
 
 __all__ = ["train", "main", "TrainingError", "Interrupted", "lr_factor", "KerJEPANet", "build_model",
            "build_regularizer", "param_groups", "compute_loss", "knn_accuracy", "linear_probe_accuracy",
-           "load_checkpoint", "save_checkpoint", "evaluate_frozen", "CHECKPOINT", "METRICS", "RESULTS",
-           "RESUMABLE_CHANGES", "RECOVERY_CHANGES"]
+           "evaluate_frozen"]
 
 
 class TrainingError(RuntimeError):
@@ -64,7 +63,7 @@ class Interrupted(KeyboardInterrupt):
         training started); ``path``: the checkpoint.
     """
 
-    def __init__(self, signum: int, step: int | None, path: Path):
+    def __init__(self, signum, step, path):
         super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint {path}")
         self.signum, self.step, self.path = signum, step, path
 
