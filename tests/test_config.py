@@ -60,6 +60,12 @@ def test_overrides_are_parsed_and_type_checked():
     ("--views=1", "at least 2 views"),
     ("--min_lr_ratio=2", "relative to the peak"),
     ("--pretrained=true", "unknown config key"),
+    ("--batch_size=1", "batch_size must be >= 2"),
+    ("--micro_width=30", "divisible by micro_heads"),
+    ("--lr=.inf", "lr must be a finite number"),
+    ("--warmup_epochs=.nan", "warmup_epochs must be a finite number"),
+    ("--lam=1e39", "within float32 range"),
+    ("--local_crop_scale=[0.1, .inf]", "local_crop_scale must be a finite number"),
 ])
 def test_bad_overrides_have_clear_messages(override, message):
     with pytest.raises(C.ConfigError, match=message):
@@ -86,3 +92,18 @@ def test_yaml_file_then_flags(tmp_path):
 def test_dump_is_plain_yaml():
     cfg = C.get_preset("table1/lejepa")
     assert C.Config.from_dict(yaml.safe_load(C.dumps(cfg))) == cfg
+
+
+def test_yaml_style_numbers_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; on the command line and in files it is a number, nested too."""
+    cfg = C.from_args("digits-cpu", None, ["--reg.gamma=1e-3", "--lr=2E-4", "--reg={kind: ksd, beta: -5e-1}",
+                                           "--local_crop_scale=[5e-2, 3e-1]"])
+    assert cfg.reg == {"kind": "ksd", "beta": -0.5, "gamma": 1e-3} and cfg.lr == 2e-4 and cfg.local_crop_scale == (0.05, 0.3)
+    assert C.from_args("digits-cpu", None, ["--reg.gamma=1e-3"]).reg["gamma"] == 1e-3
+    path = tmp_path / "run.yaml"
+    path.write_text("reg:\n  kind: mmd\n  gamma: 1e-2\nlam: 5e-1\n")
+    cfg = C.from_args("digits-cpu", path)
+    assert cfg.reg == {"kind": "mmd", "gamma": 0.01} and cfg.lam == 0.5
+    assert C.from_args("digits-cpu", None, ["--data_root=1e3x"]).data_root == "1e3x"  # not a number: kept
+    with pytest.raises(C.ConfigError, match="epochs must be of type int"):
+        C.from_args("digits-cpu", None, ["--epochs=1e3"])

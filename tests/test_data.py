@@ -115,3 +115,20 @@ def test_undecodable_image_names_the_file(imagenette_root):
     index = [p for p, _ in train._samples].index(str(bad))
     with pytest.raises(kdata.DataError, match="cannot decode image .*broken.JPEG"):
         train[index]
+
+
+def test_every_undecodable_image_of_both_splits_is_found(imagenette_root):
+    train, val, _, _ = kdata.build_datasets(smoke_cfg(imagenette_root))
+    files = kdata.image_files(train) + kdata.image_files(val)
+    assert len(files) == 12 and all(f.endswith(".JPEG") for f in files)
+    assert kdata.undecodable_images(files, 32, threads=2) == []
+    truncated, garbage = files[1], files[-1]  # one in train, one in val
+    data = open(truncated, "rb").read()
+    open(truncated, "wb").write(data[: len(data) // 2])
+    open(garbage, "wb").write(b"not an image")
+    errors = kdata.undecodable_images(files, 32, threads=2)
+    assert [e.split(" (")[0] for e in errors] == [truncated, garbage]
+    assert "truncated" in errors[0] and "UnidentifiedImageError" in errors[1]
+    message = kdata.undecodable_message(errors, len(files))
+    assert message.startswith("cannot decode 2 of 12 images") and "\n" not in message
+    assert kdata.image_files(kdata.build_datasets(get_preset("digits-cpu"))[0]) == []  # in memory: nothing to scan

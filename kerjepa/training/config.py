@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class Config:
     data_root: str = "data/cache"     # imagenette: folder holding imagenette2-160/; imagefolder: folder with train/ and val/
     imagenette_size: str = "160px"    # full | 320px | 160px
     download: bool = False            # fetch ImageNette (needs internet)
+    check_images: bool = True         # decode every train and val image once before training starts
     img_size: int = 128
     views: int = 4                    # global views per image, all the same augmentation (LeJEPA's example)
     local_views: int = 0              # optional extra small crops (multi-crop)
@@ -141,6 +143,10 @@ class Config:
     def __post_init__(self):
         for name, value in self.to_dict().items():
             _check_type(name, value, _HINTS[name])
+        for name in _FLOAT_FIELDS:  # training runs in float32: an infinity, a NaN or 1e39 cannot take part
+            values = getattr(self, name) if isinstance(getattr(self, name), tuple) else (getattr(self, name),)
+            if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in values):
+                raise ConfigError(f"{name} must be a finite number (within float32 range), got {getattr(self, name)!r}")
         for name, options in _CHOICES.items():
             if getattr(self, name) not in options:
                 raise ConfigError(f"{name} must be one of {list(options)}, got {getattr(self, name)!r}")
@@ -153,6 +159,12 @@ class Config:
                      "micro_heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2 (the regularizer compares the embeddings of a batch, and "
+                              f"the projector's BatchNorm needs two rows), got {self.batch_size}")
+        if self.model == "micro_vit" and self.micro_width % self.micro_heads:
+            raise ConfigError(f"micro_width must be divisible by micro_heads, got micro_width={self.micro_width}, "
+                              f"micro_heads={self.micro_heads}")
         if self.views + self.local_views < 2:
             raise ConfigError(f"the alignment term needs at least 2 views in all, got views={self.views}, "
                               f"local_views={self.local_views}")
@@ -206,6 +218,8 @@ class Config:
 
 _HINTS = typing.get_type_hints(Config)
 FIELDS = tuple(f.name for f in dataclasses.fields(Config))
+_FLOAT_FIELDS = tuple(name for name, hint in _HINTS.items() if hint is float or float in typing.get_args(hint))
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _type_name(hint) -> str:
@@ -394,8 +408,27 @@ def get_preset(name: str) -> Config:
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _numbers(value):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings, also inside lists and mappings, into floats."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def _parse_value(text: str):
-    """A command-line value parsed as YAML, so 1e-3, true, null/none, [0.1, 1] and {kind: mmd} work."""
+    """A command-line value parsed as YAML, so 1e-3, true, null/none, [0.1, 1] and {kind: mmd} work.
+
+    Example:
+        >>> _parse_value("1e-3"), _parse_value("{kind: mmd, gamma: 2e-2}"), _parse_value("none")
+        (0.001, {'kind': 'mmd', 'gamma': 0.02}, None)
+    """
     import yaml
     try:
         value = yaml.safe_load(text)
@@ -403,7 +436,7 @@ def _parse_value(text: str):
         return text
     if isinstance(value, str) and value.lower() == "none":
         return None
-    return value
+    return _numbers(value)
 
 
 def parse_overrides(items) -> dict:
@@ -435,7 +468,7 @@ def load_yaml(path) -> dict:
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of key: value, got {type(values).__name__}")
     if "lambda" in values:
         values["lam"] = values.pop("lambda")
-    return values
+    return _numbers(values)
 
 
 def from_args(preset: str = "default", config_file=None, overrides=()) -> Config:

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["DataError", "IMAGENETTE_WNIDS", "build_datasets", "ViewDataset", "EvalDataset", "DigitsViews",
-           "view_transform", "eval_transform", "epoch_batches", "steps_per_epoch"]
+           "view_transform", "eval_transform", "epoch_batches", "steps_per_epoch", "image_files",
+           "undecodable_images"]
 
 #: The ten ImageNet classes of ImageNette, in torchvision's (sorted) order.
 IMAGENETTE_WNIDS = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916",
@@ -109,6 +110,44 @@ def build_datasets(cfg):
     if train.classes != val.classes:
         raise DataError(f"train and val of {root} have different classes: {train.classes} vs {val.classes}")
     return train, val, len(train.classes), 3
+
+
+def image_files(dataset) -> list:
+    """The image files of a folder dataset (ImageFolder, Imagenette), in index order; [] for in-memory digits."""
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "_samples", None) or []
+    return [str(path) for path, _ in samples]
+
+
+def _decode_error(path: str, size: int):
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still reading every byte
+            img.load()
+        return None
+    except Exception as err:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError)
+        return f"{path} ({type(err).__name__}: {err})"
+
+
+def undecodable_images(paths, size: int, threads: int = 1) -> list:
+    """Decode every image file once; return "path (error)" for each that fails.
+
+    Run before training, so a broken file anywhere (the validation split included) stops the run at its
+    start rather than hours in. ``size`` lets JPEGs decode at a reduced scale (every byte is still read).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+    if not paths:
+        return []
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL releases the GIL while decoding
+        return [err for err in pool.map(partial(_decode_error, size=size), paths, chunksize=64) if err]
+
+
+def undecodable_message(errors: list, scanned: int) -> str:
+    """One line for :class:`DataError`: how many images failed, the first few, and what to do."""
+    shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+    return (f"cannot decode {len(errors)} of {scanned} images: {shown}. Remove or replace them (or skip this "
+            f"check with --check_images=false)")
 
 
 def view_transform(cfg, local: bool = False):

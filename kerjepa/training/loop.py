@@ -25,7 +25,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,22 +40,34 @@ import kerjepa
 from .. import distributed
 from ..alignment import alignment_loss
 from . import data as kdata
+from .checkpoint import (CHECKPOINT, CONFIG, METRICS, RECOVERY_CHANGES, RESULTS, RESUMABLE_CHANGES, CheckpointError,
+                         RunFolderError, first_nonfinite, gather_rng, load_checkpoint, load_state, optimizer_tensors,
+                         prepare_run_dir, repair_metrics, restore_rng, resume_config, save_checkpoint, write_text)
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
 
-__all__ = ["train", "main", "TrainingError", "lr_factor", "KerJEPANet", "build_model",
+__all__ = ["train", "main", "TrainingError", "Interrupted", "lr_factor", "KerJEPANet", "build_model",
            "build_regularizer", "param_groups", "compute_loss", "knn_accuracy", "linear_probe_accuracy",
-           "load_checkpoint", "save_checkpoint", "evaluate_frozen"]
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-RESULTS = "results.json"
-#: Keys that may change when a run is resumed (they do not change the trajectory).
-RESUMABLE_CHANGES = ("max_steps", "num_workers", "progress", "tensorboard", "log_every", "ckpt_every",
-                     "eval_batch_size", "data_root", "download")
+           "evaluate_frozen"]
 
 
 class TrainingError(RuntimeError):
-    """The run cannot go on (a non-finite loss, a checkpoint that does not match)."""
+    """The run cannot go on: a non-finite loss or non-finite weights (the last good checkpoint is kept)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) stopped the run.
+
+    During training the step in progress finishes and is checkpointed; before the first step (while data
+    is checked and the random-init encoder evaluated) the run stops at once, with nothing to save.
+
+    Attributes:
+        signum: the signal that arrived; ``step``: the step the checkpoint holds (None: stopped before
+        training started); ``path``: the checkpoint.
+    """
+
+    def __init__(self, signum, step, path):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint {path}")
+        self.signum, self.step, self.path = signum, step, path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +201,46 @@ def build_regularizer(cfg: Config) -> nn.Module:
         return kerjepa.regularizer(**cfg.reg)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"reg={cfg.reg}: {err}") from None
+
+
+def dry_run(cfg: Config, what: str, fn) -> None:
+    """Call `fn()` once on random inputs of the run's shapes, before any data is read.
+
+    A config that can only fail at the first step (a regularizer option the estimator rejects on its
+    first call, a model that cannot take the views) fails here instead, as a ConfigError. The global
+    RNG is left as it was, so the run's trajectory does not depend on the check.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        try:
+            fn()
+        except (ValueError, TypeError, RuntimeError, AssertionError, NotImplementedError) as err:
+            text = " ".join(str(err).split())[:300] or type(err).__name__
+            raise ConfigError(f"{what} fails on a batch of this config's shape: {text}") from None
+
+
+def check_regularizer(reg: nn.Module, cfg: Config, world_size: int, device) -> None:
+    """Run the regularizer once on a random (V + L, N, D) batch; its state (the step counter) is restored."""
+    n = cfg.batch_size // world_size
+    z = torch.randn(cfg.views + cfg.local_views, n, cfg.proj_dim, generator=torch.Generator().manual_seed(0))
+    z = z.to(device)
+    state = {k: v.clone() for k, v in reg.state_dict().items()}
+    dry_run(cfg, f"reg={cfg.reg}", lambda: reg(z if cfg.reg_views == "per_view" else z.flatten(0, 1)))
+    reg.load_state_dict(state)
+
+
+def check_model(net: "KerJEPANet", cfg: Config, in_chans: int, device) -> None:
+    """Run the model (in eval mode, no gradients) once on two random images of each view size."""
+    def forward():
+        images = torch.randn(2, in_chans, cfg.img_size, cfg.img_size, device=device)
+        local = (torch.randn(2, in_chans, cfg.local_img_size, cfg.local_img_size, device=device)
+                 if cfg.local_views else None)
+        net.eval()
+        try:
+            net(images, local)
+        finally:
+            net.train()
+    dry_run(cfg, f"the model {cfg.model!r}", forward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,45 +386,6 @@ def online_probe_accuracy(net: KerJEPANet, loader, dist: Dist, autocast) -> floa
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace (a kill never leaves half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors and builtins only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no checkpoint to resume from at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _gather_rng(dist: Dist) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if dist.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(dist.device)
-    if dist.world_size == 1:
-        return {"rng": [state]}
-    states = [None] * dist.world_size
-    torch.distributed.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
-    return {"rng": states}
-
-
-def _restore_rng(ckpt: dict, dist: Dist, cfg: Config, step: int) -> None:
-    states = ckpt["rng"]
-    if len(states) != dist.world_size:  # a different number of processes: reproducible, not identical
-        torch.manual_seed(cfg.seed + dist.rank + 7919 * step)
-        return
-    torch.set_rng_state(states[dist.rank]["cpu"])
-    if dist.device.type == "cuda" and "cuda" in states[dist.rank]:
-        torch.cuda.set_rng_state(states[dist.rank]["cuda"], dist.device)
-
-
-# ---------------------------------------------------------------------------------------------
 # Logging
 
 class Logger:
@@ -380,10 +395,8 @@ class Logger:
         self.active, self.path, self.tb = active, run_dir / METRICS, None
         if not active:
             return
-        if resume_step is not None and self.path.exists():  # drop records written after the checkpoint
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+        if resume_step is not None:  # drop records written after the checkpoint, and a line torn by a kill
+            repair_metrics(self.path, resume_step, keep_final=False)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -394,8 +407,11 @@ class Logger:
     def log(self, record: dict) -> None:
         if not self.active:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise RunFolderError(f"cannot write {self.path}: {err.strerror or err}") from None
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -431,7 +447,7 @@ class _RunBatches:
 # ---------------------------------------------------------------------------------------------
 # Training
 
-def train(cfg: Config, out=None, resume: bool = False) -> dict:
+def train(cfg: Config, out=None, resume: bool = False, overwrite: bool = False, recover: bool = False) -> dict:
     """Train with `cfg`, writing into the run folder `out`; return the final metrics and the run folder.
 
     Args:
@@ -440,46 +456,87 @@ def train(cfg: Config, out=None, resume: bool = False) -> dict:
             results.json.
         resume: continue from ``out/checkpoint.pt`` exactly (data order, RNG, optimizer, schedule step,
             regularizer step buffer). The checkpoint's config is used; only keys in RESUMABLE_CHANGES may differ.
+            A finished run is left as it is (its results are returned, no record is added).
+        overwrite: replace the run that `out` holds (its config.yaml, metrics.jsonl, checkpoint.pt,
+            results.json and tensorboard/ are deleted first). Without it (or `resume`) such a folder is refused.
+        recover: with `resume`, also let the keys of RECOVERY_CHANGES (lr, lam, grad_clip) change, e.g. to
+            continue a diverged run from its last good checkpoint; the change is recorded in metrics.jsonl
+            (an ``"event": "recover"`` record), in config.yaml and in later checkpoints.
 
     Returns:
         dict with ``run_dir``, ``step``, ``init`` (kNN / linear probe of the random-init encoder, if measured),
         ``final`` (the same after training), ``online_probe_acc``, ``wall_time_s``.
 
     Raises:
-        ConfigError, kerjepa.data.DataError: a configuration or dataset that cannot run.
-        TrainingError: a non-finite loss (the last good checkpoint is kept).
+        ConfigError, kerjepa.training.data.DataError: a configuration or dataset that cannot run.
+        CheckpointError, RunFolderError: a checkpoint that cannot be resumed, a run folder that cannot be used.
+        TrainingError: a non-finite loss or non-finite weights (the last good checkpoint is kept).
+        Interrupted: SIGINT or SIGTERM arrived; a checkpoint was written at the step reached.
     """
-    t_start = time.time()
     run_dir = Path(out) if out is not None else Path("runs") / cfg.preset.replace("/", "_")
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
-        saved = Config.from_dict(ckpt["config"])
-        if saved.preset != cfg.preset:
-            raise ConfigError(f"the checkpoint in {run_dir} is a {saved.preset!r} run, not {cfg.preset!r}; resume it "
-                              f"with --preset={saved.preset} or without --preset")
-        diff = [k for k in cfg.to_dict() if k not in RESUMABLE_CHANGES and getattr(saved, k) != getattr(cfg, k)]
-        if diff:
-            raise ConfigError(f"cannot resume with a different config: {diff} differ from the checkpoint; only "
-                              f"{list(RESUMABLE_CHANGES)} may change")
-        cfg = saved.replace(**{k: getattr(cfg, k) for k in RESUMABLE_CHANGES})
+    ckpt = load_checkpoint(run_dir / CHECKPOINT) if resume else None
+    return _start(cfg, run_dir, ckpt, overwrite=overwrite, recover=recover)
 
+
+def _start(cfg: Config, run_dir: Path, ckpt: dict | None, overwrite: bool = False, recover: bool = False) -> dict:
+    """Check the resume rules and the run folder, start the processes, and train with SIGINT/SIGTERM caught."""
+    t_start = time.time()
+    changes = {}
+    if ckpt is not None:
+        if overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: resume the run or replace it")
+        cfg, changes = resume_config(Config.from_dict(ckpt["config"]), cfg, run_dir / CHECKPOINT, recover)
+    elif recover:
+        raise ConfigError("--recover changes a run that is resumed: use it together with --resume")
+    # every rank checks the folder before the processes meet (rank 0 alone replaces an old run), so they agree
+    prepare_run_dir(run_dir, resume=ckpt is not None, overwrite=overwrite,
+                    remove=int(os.environ.get("RANK", "0")) == 0)
     dist = setup_distributed(cfg)
+    stop = _StopSignal(run_dir / CHECKPOINT)
     try:
-        return _train(cfg, dist, run_dir, ckpt, t_start)
+        with stop.installed():
+            return _train(cfg, dist, run_dir, ckpt, t_start, changes, stop)
     finally:
         if dist.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: float) -> dict:
+class _StopSignal:
+    """SIGINT and SIGTERM: once the loop runs (``armed``), a flag the loop reads once per step; before, or at a
+    second signal, an immediate :class:`Interrupted`."""
+
+    def __init__(self, path: Path):
+        self.signum, self.armed, self.path = 0, False, path
+
+    def __call__(self, signum, frame):
+        if not self.armed or self.signum:
+            raise Interrupted(signum, None, self.path)
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield self
+            return
+        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: float, changes: dict,
+           stop: _StopSignal) -> dict:
     device = dist.device
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    reg = build_regularizer(cfg).to(device)  # a bad spec fails before any data is read
+    # the regularizer first: a bad spec fails before any data is read
+    reg = build_regularizer(cfg).to(device)
+    check_regularizer(reg, cfg, dist.world_size, device)
 
     # data
     train_base, val_base, num_classes, in_chans = kdata.build_datasets(cfg)
@@ -496,35 +553,55 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
     # model (identical on every rank), regularizer, optimizer
     torch.manual_seed(cfg.seed)
     net = build_model(cfg, in_chans, num_classes).to(device)
+    check_model(net, cfg, in_chans, device)
     opt = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr)
-    step = 0
+    step, ckpt_path = 0, run_dir / CHECKPOINT
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        reg.load_state_dict(ckpt["regularizer"])
-        opt.load_state_dict(ckpt["optimizer"])
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+        load_state(net, ckpt["model"], "model", ckpt_path)
+        load_state(reg, ckpt["regularizer"], "regularizer state", ckpt_path)
+        load_state(opt, ckpt["optimizer"], "optimizer state", ckpt_path)
+        for group, values in zip(opt.param_groups, hyper):  # the config's lr and weight decay, not the saved ones
+            group.update(values)
         step = int(ckpt["step"])
-        _restore_rng(ckpt, dist, cfg, step)
+        restore_rng(ckpt["rng"], dist, cfg.seed, step)
     else:
         torch.manual_seed(cfg.seed + dist.rank)  # per-rank randomness for drop-path
+    saved_step = step if ckpt is not None else None  # the step of the last good checkpoint
+    if ckpt is not None and ckpt.get("finished") and step >= end_step:
+        return _finished(run_dir, ckpt, dist)
+    if cfg.check_images:
+        _check_images(train_base, val_base, cfg, dist)
     model = torch.compile(net) if cfg.compile else net
     if dist.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     ssl_params = [p for n, p in net.named_parameters() if not n.startswith("probe.")]
 
-    # run folder
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # run folder (prepared by _start)
     if dist.main:
-        (run_dir / "config.yaml").write_text(dumps(cfg))
+        write_text(run_dir / CONFIG, dumps(cfg))
     logger = Logger(run_dir, dist.main, cfg.tensorboard, step if ckpt is not None else None)
     results = dict(ckpt["results"]) if ckpt is not None else {}
-    ckpt_path = run_dir / CHECKPOINT
+    history = list(ckpt.get("changes", [])) if ckpt is not None else []  # recovery changes, oldest first
+    if changes:
+        history.append({"step": step, **changes})
+        logger.log({"step": step, "event": "recover", "changed": changes})
+        _say(dist, f"resuming {run_dir} at step {step} with " + ", ".join(
+            f"{k}={new} (was {old})" for k, (old, new) in changes.items()) + f"; recorded in {run_dir / METRICS}")
 
-    def checkpoint():
+    def checkpoint(**extra):
+        """Save the state at `step`, only if every tensor is finite (else the last good checkpoint stays)."""
+        nonlocal saved_step
+        bad = first_nonfinite([*net.state_dict().items(), *reg.state_dict().items(), *optimizer_tensors(opt)])
+        if bad is not None:
+            raise TrainingError(f"non-finite weights after step {step} ({bad}), so they were not saved; "
+                                + _kept(run_dir, saved_step))
         state = {"config": cfg.to_dict(), "step": step, "model": net.state_dict(), "regularizer": reg.state_dict(),
                  "optimizer": opt.state_dict(), "results": results, "world_size": dist.world_size,
-                 **_gather_rng(dist)}
+                 "changes": history, **extra, **gather_rng(dist)}
         if dist.main:
             save_checkpoint(ckpt_path, state)
+        saved_step = step
 
     val_loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(val_eval, range(dist.rank, len(val_eval), dist.world_size)),
@@ -555,25 +632,36 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
         bar = tqdm(total=end_step, initial=step, unit="step", dynamic_ncols=True)
 
     net.train()
-    tick, tick_step, last = time.time(), step, {}
-    for views, local, labels in loader:
+    tick, tick_step, last, stopping = time.time(), step, {}, False
+    batches = iter(loader)
+    stop.armed = True
+    while True:
+        try:
+            views, local, labels = next(batches)
+        except StopIteration:
+            break
+        except Exception:  # a signal that also stopped the DataLoader's workers: stop at this step
+            if not (stop.signum and dist.world_size == 1):
+                raise
+            stopping = True
+            break
         factor = lr_factor(step, total_steps, warmup_steps, cfg.warmup_start_factor, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * factor
         loss, parts = compute_loss(model, reg, (views, local, labels), cfg, device, autocast)
-        # one collective per step: the rank-averaged loss terms, which also tell every rank whether to stop
-        stats = torch.stack([loss.detach(), parts["ssl"], parts["align"], parts["reg"], parts["probe_loss"]])
+        # one collective per step: the rank-averaged loss terms, which tell every rank whether to stop (a
+        # non-finite loss, or a SIGINT/SIGTERM on any rank: all ranks then stop after this same step)
+        stats = torch.stack([loss.detach(), parts["ssl"], parts["align"], parts["reg"], parts["probe_loss"],
+                             loss.new_tensor(float(stop.signum > 0))])
         if dist.world_size > 1:
             torch.distributed.all_reduce(stats)
             stats /= dist.world_size
-        total, ssl, align, omega, probe_loss = stats.tolist()
+        total, ssl, align, omega, probe_loss, signalled = stats.tolist()
         if not math.isfinite(total):
             if bar is not None:
                 bar.close()
-            kept = (f"the last good checkpoint is {ckpt_path} (step {int(load_checkpoint(ckpt_path)['step'])})"
-                    if ckpt_path.exists() else "no checkpoint was written yet")
             raise TrainingError(f"non-finite loss at step {step} (alignment {align:.4g}, regularizer "
-                                f"{omega:.4g}); stopping, {kept}. Try a lower lr or lam, or grad_clip > 0.")
+                                f"{omega:.4g}); stopping, " + _kept(run_dir, saved_step))
 
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -600,23 +688,33 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
             logger.log({"step": step, "epoch": step // spe, "online_probe_acc": acc})
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < end_step:
             checkpoint()
+        if signalled > 0 or (stop.signum and dist.world_size == 1):
+            stopping = True
+            break
     if bar is not None:
         bar.close()
+    if stopping or (stop.signum and dist.world_size == 1):  # interrupted: a checkpoint at this step, then stop
+        if saved_step != step:
+            checkpoint()
+        raise Interrupted(stop.signum or signal.SIGTERM, step, ckpt_path)
+    bad = first_nonfinite(net.state_dict().items())
+    if bad is not None:
+        raise TrainingError(f"non-finite weights after step {step} ({bad}); " + _kept(run_dir, saved_step))
 
     # end of run: online probe, frozen-feature probes, final checkpoint
     results["online_probe_acc"] = online_probe_accuracy(net, val_loader, dist, autocast)
     logger.log({"step": step, "epoch": step / spe, "online_probe_acc": results["online_probe_acc"]})
     if cfg.final_eval and dist.main:
         results["final"] = evaluate_frozen(net.backbone, train_eval, val_eval, cfg, device, autocast)
-    checkpoint()
-    if dist.world_size > 1:
-        torch.distributed.barrier()
     out = {"run_dir": str(run_dir), "step": step, "total_steps": total_steps, "preset": cfg.preset,
            **results, "last": last, "wall_time_s": time.time() - t_start}
+    checkpoint(finished=True, summary=out)
+    if dist.world_size > 1:
+        torch.distributed.barrier()
     if dist.main:
         logger.log({"step": step, "event": "final", "online_probe_acc": results["online_probe_acc"],
                     **results.get("final", {}), "wall_time_s": out["wall_time_s"]})
-        (run_dir / RESULTS).write_text(json.dumps(out, indent=2) + "\n")
+        write_text(run_dir / RESULTS, json.dumps(out, indent=2) + "\n")
         msg = f"done: {step} steps in {out['wall_time_s']:.0f} s; online probe {results['online_probe_acc']:.4f}"
         if "final" in results:
             msg += f"; kNN {results['final']['knn_acc']:.4f}, linear probe {results['final']['linear_probe_acc']:.4f}"
@@ -628,9 +726,46 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
     return out
 
 
+def _kept(run_dir: Path, saved_step: int | None) -> str:
+    """What a diverged run left behind, and the command that continues it."""
+    if saved_step is None:
+        return (f"no checkpoint was written. Start again with a lower lr or lam, or grad_clip > 0 "
+                f"(--overwrite replaces {run_dir})")
+    return (f"the last good checkpoint (step {saved_step}) is kept in {run_dir / CHECKPOINT}. Continue from it with "
+            f"a lower lr or lam, or grad_clip > 0: python -m kerjepa.train --out {run_dir} --resume --recover "
+            f"--lr=...")
+
+
+def _finished(run_dir: Path, ckpt: dict, dist: Dist) -> dict:
+    """A resumed run that is already finished: nothing is trained or recorded again; results.json is restored."""
+    summary = dict(ckpt.get("summary") or {"run_dir": str(run_dir), "step": ckpt["step"], **ckpt["results"]})
+    if dist.main and not (run_dir / RESULTS).is_file():
+        write_text(run_dir / RESULTS, json.dumps(summary, indent=2) + "\n")
+    _say(dist, f"{run_dir} holds a finished run ({ckpt['step']} steps); nothing to do. Results in {run_dir / RESULTS}")
+    return summary
+
+
+def _check_images(train_base, val_base, cfg: Config, dist: Dist) -> None:
+    """Decode every image of both splits once (each rank a share); raise a DataError listing those that fail."""
+    files = kdata.image_files(train_base) + kdata.image_files(val_base)
+    if not files:
+        return
+    threads = max(1, kdata.default_num_workers(cfg.num_workers))
+    errors = kdata.undecodable_images(files[dist.rank::dist.world_size], cfg.img_size, threads)
+    if dist.world_size > 1:
+        parts = [None] * dist.world_size
+        torch.distributed.all_gather_object(parts, errors)
+        errors = sorted(e for part in parts for e in part)
+    if errors:
+        raise kdata.DataError(kdata.undecodable_message(errors, len(files)))
+
+
 def _say(dist: Dist, msg: str) -> None:
     if dist.main:
-        print(msg, flush=True)
+        try:
+            print(msg, flush=True)
+        except BrokenPipeError:  # nobody reads stdout any more: keep training, print nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,7 +781,26 @@ def _clean_message(err: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m kerjepa.train --preset NAME [--config FILE.yaml] [--key=value ...] --out RUN_DIR [--resume]``."""
+    """``python -m kerjepa.train --preset NAME [--config FILE.yaml] [--key=value ...] --out RUN_DIR [--resume]``.
+
+    Exit status: 0 done (or nothing left to do); 2 a problem with the command, the config, the data, a
+    checkpoint or the run folder, reported as one line ``kerjepa.train: error: ...`` before training starts
+    wherever it can be found then; 1 the training diverged (the last good checkpoint is kept); 130 / 143
+    interrupted by SIGINT / SIGTERM, after a checkpoint at the step reached (``--resume`` continues exactly).
+    """
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `--list-presets | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"kerjepa.train: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kerjepa.train", description="Train KerJEPA (alignment + lambda * kernel discrepancy).",
         epilog="Any config field can be overridden as --key=value (e.g. --lr=1e-3 --reg.kind=ksd --lam=2); "
@@ -656,37 +810,49 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None, help="YAML file of overrides, applied after the preset")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
+    parser.add_argument("--recover", action="store_true", help="with --resume: allow a new " +
+                        ", ".join(RECOVERY_CHANGES) + " (e.g. after a divergence); recorded in metrics.jsonl")
     parser.add_argument("--list-presets", action="store_true", help="print all preset names and exit")
     parser.add_argument("--help-config", action="store_true", help="print the resolved config as YAML and exit")
     args, rest = parser.parse_known_args(argv)
     if args.list_presets:
-        print("\n".join(preset_names()))
+        print("\n".join(preset_names()), flush=True)
         return 0
     bad = [r for r in rest if not (r.startswith("--") and "=" in r)]
     if bad:
-        print(f"kerjepa.train: error: unrecognised argument(s) {bad}; overrides look like --key=value",
-              file=sys.stderr)
-        return 2
+        return _error(f"unrecognised argument(s) {bad}; overrides look like --key=value")
     try:
-        if args.resume and args.preset is None and args.out is not None:  # the run's own config
-            saved = Config.from_dict(load_checkpoint(Path(args.out) / CHECKPOINT)["config"])
-            cfg = replace(saved, load_yaml(args.config)) if args.config else saved
+        if args.resume and args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the folder holding checkpoint.pt)")
+        ckpt = load_checkpoint(Path(args.out) / CHECKPOINT) if args.resume else None
+        if ckpt is not None and args.preset is None:  # the run's own config
+            cfg = Config.from_dict(ckpt["config"])
+            cfg = replace(cfg, load_yaml(args.config)) if args.config else cfg
             cfg = replace(cfg, parse_overrides(rest)) if rest else cfg
         else:
             cfg = from_args(args.preset or "digits-cpu", args.config, rest)
         if args.help_config:
-            print(dumps(cfg), end="")
+            print(dumps(cfg), end="", flush=True)
             return 0
-        if args.resume and args.out is None:
-            raise ConfigError("--resume needs --out RUN_DIR (the folder holding checkpoint.pt)")
-        train(cfg, out=args.out, resume=args.resume)
-    except (ConfigError, kdata.DataError) as err:
-        print(f"kerjepa.train: error: {_clean_message(err)}", file=sys.stderr)
-        return 2
+        run_dir = Path(args.out) if args.out is not None else Path("runs") / cfg.preset.replace("/", "_")
+        _start(cfg, run_dir, ckpt, overwrite=args.overwrite, recover=args.recover)
+    except (ConfigError, kdata.DataError, CheckpointError, RunFolderError) as err:
+        return _error(_clean_message(err))
     except TrainingError as err:
-        print(f"kerjepa.train: error: {err}", file=sys.stderr)
-        return 1
+        return _error(str(err), 1)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        if stop.step is None:  # before the first step, or a second signal: stopped at once
+            kept = f"the checkpoint {stop.path} is as it was" if stop.path.exists() else "no checkpoint was written"
+            print(f"kerjepa.train: interrupted by {name}, stopped at once; {kept}", file=sys.stderr)
+        else:
+            print(f"kerjepa.train: interrupted by {name} at step {stop.step}; the checkpoint {stop.path} holds it; "
+                  f"continue with: python -m kerjepa.train --out {stop.path.parent} --resume", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
-        print("kerjepa.train: interrupted", file=sys.stderr)
+        print("kerjepa.train: interrupted before a checkpoint could be written", file=sys.stderr)
         return 130
+    except OSError as err:  # a file the run needs that cannot be read or written
+        return _error(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
     return 0
