@@ -269,3 +269,4 @@ def test_readme_table1_lambdas_are_the_calibrated_ones():
     variant = re.search(r"`variants/mmd-sliced-gaussian-laplace-marginal` \(λ ([0-9.]+)\)", readme).group(1)
     assert float(variant) == pytest.approx(C.CALIBRATED_LAMBDA["variants/mmd-sliced-gaussian-laplace-marginal"], rel=5e-3)
     assert re.search(r"lam = ([0-9.]+) ", readme).group(1) == f"{C.CALIBRATED_LAMBDA['table1/ksd-unsliced-imq-gaussian']:.4g}"
+    assert f"dim=128)` = {C.REFERENCE_LAMBDA:.2f}" in readme and f"SIGReg does at {C.REFERENCE_LAMBDA:.2f}" in readme
