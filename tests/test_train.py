@@ -84,7 +84,7 @@ def test_smoke_run_writes_config_metrics_results_and_a_loadable_checkpoint(tmp_p
     root = make_imagenette(tmp_path)
     cfg = get_preset("smoke").replace(data_root=str(root), epochs=3, max_steps=3, eval_every=1, eval_init=True)
     out = T.train(cfg, out=tmp_path / "run")
-    assert out["step"] == 3 and set(out["final"]) == {"knn_acc", "linear_probe_acc"}
+    assert out["step"] == 3 and {"knn_acc", "linear_probe_acc", "lejepa_probe_acc"} <= set(out["final"])
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / T.METRICS).read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]

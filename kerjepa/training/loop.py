@@ -46,8 +46,15 @@ from .checkpoint import (CHECKPOINT, CONFIG, METRICS, RECOVERY_CHANGES, RESULTS,
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
 
 __all__ = ["train", "main", "TrainingError", "Interrupted", "lr_factor", "KerJEPANet", "build_model",
-           "build_regularizer", "param_groups", "compute_loss", "knn_accuracy", "linear_probe_accuracy",
-           "evaluate_frozen"]
+           "build_regularizer", "param_groups", "scheduled_lr", "compute_loss", "knn_accuracy",
+           "linear_probe_accuracy", "lejepa_probe_accuracy", "binomial_stderr", "record_online_probe",
+           "last_blocks_cls", "evaluate_frozen"]
+
+#: What results.json reports, and what is a diagnostic (recorded in every results.json).
+REPORTED = {"table1": "final.lejepa_probe_acc +- final.lejepa_probe_stderr (LeJEPA's linear probe on the CLS "
+                      "tokens of the last two blocks)",
+            "online_probe": "online_probe.last and online_probe.best (LayerNorm + Linear trained with the encoder)",
+            "diagnostics": ["final.knn_acc", "final.linear_probe_acc"]}
 
 
 class TrainingError(RuntimeError):
@@ -250,8 +257,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, start_factor: floa
               min_ratio: float = 1e-3) -> float:
     """Learning-rate multiplier at `step` (0-based): linear warm-up from start_factor to 1, then cosine to min_ratio.
 
-    A pure function of the step, so resuming needs no scheduler state. The floor is *relative* to the peak
-    lr (LeJEPA's example passes an absolute ``eta_min=1e-3`` that would lie above a 5e-4 peak).
+    A pure function of the step, so resuming needs no scheduler state. This is PyTorch's
+    ``SequentialLR([LinearLR(start_factor, total_iters=W), CosineAnnealingLR(T_max=T-W, eta_min)])`` in closed
+    form, with ``eta_min = min_ratio * base lr`` (:func:`scheduled_lr` turns an absolute floor into this ratio).
 
     Example:
         >>> [round(lr_factor(s, total_steps=100, warmup_steps=10), 4) for s in (0, 5, 10, 55, 100)]
@@ -263,17 +271,39 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, start_factor: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def scheduled_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int, cfg: Config) -> float:
+    """The learning rate of a parameter group with peak `base_lr` at `step`, by the config's schedule.
+
+    The cosine ends at ``cfg.min_lr`` (absolute, the same for every group, as LeJEPA's MINIMAL recipe's
+    ``eta_min``: a group whose peak equals it stays there after the warm-up) or, when that is None, at
+    ``cfg.min_lr_ratio`` times the group's own peak.
+
+    Example:
+        >>> cfg = Config(lr=2e-3, min_lr=1e-3)
+        >>> [round(scheduled_lr(lr, 100, 100, 10, cfg), 6) for lr in (2e-3, 1e-3)]   # the last step
+        [0.001, 0.001]
+    """
+    min_ratio = cfg.min_lr / base_lr if cfg.min_lr is not None else cfg.min_lr_ratio
+    return base_lr * lr_factor(step, total_steps, warmup_steps, cfg.warmup_start_factor, min_ratio)
+
+
 def param_groups(net: KerJEPANet, cfg: Config) -> list:
-    """AdamW groups: encoder+projector weights (wd), their biases/norms/tokens (no wd), the probe (own lr, wd)."""
+    """AdamW groups: encoder+projector weights (wd), their biases/norms/tokens (no wd), the probe (own lr, wd).
+
+    With ``cfg.weight_decay_all`` (LeJEPA's MINIMAL recipe) every encoder and projector parameter is decayed
+    and the no-decay group is left out.
+    """
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if name.startswith("probe."):
             continue
-        (decay if p.ndim >= 2 and "pos_embed" not in name and "token" not in name else no_decay).append(p)
-    return [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-            {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
-            {"params": list(net.probe.parameters()), "lr": cfg.probe_lr, "weight_decay": cfg.probe_wd,
-             "base_lr": cfg.probe_lr}]
+        exempt = p.ndim < 2 or "pos_embed" in name or "token" in name
+        (no_decay if exempt and not cfg.weight_decay_all else decay).append(p)
+    groups = [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+              {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
+              {"params": list(net.probe.parameters()), "lr": cfg.probe_lr, "weight_decay": cfg.probe_wd,
+               "base_lr": cfg.probe_lr}]
+    return [g for g in groups if g["params"]]
 
 
 def compute_loss(model, reg, batch, cfg: Config, device, autocast=contextlib.nullcontext) -> tuple:
@@ -342,7 +372,11 @@ def knn_accuracy(train_x, train_y, val_x, val_y, k: int = 20, temperature: float
 
 
 def linear_probe_accuracy(train_x, train_y, val_x, val_y, steps: int = 300) -> float:
-    """Multinomial logistic regression on standardised frozen features (full-batch Adam), val top-1."""
+    """Diagnostic: logistic regression on standardised frozen head outputs (full-batch Adam), val top-1.
+
+    Not the protocol of Table 1 (that is :func:`lejepa_probe_accuracy`); cheap and deterministic, it tracks
+    the embedding's linear separability through a run.
+    """
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
     num_classes = int(max(train_y.max(), val_y.max())) + 1
@@ -359,13 +393,114 @@ def linear_probe_accuracy(train_x, train_y, val_x, val_y, steps: int = 300) -> f
         return float((head(val_x).argmax(1) == val_y).float().mean())
 
 
+def lejepa_probe_accuracy(train_x, train_y, val_x, val_y, epochs: int = 100, lr: float = 1e-3,
+                          weight_decay: float = 1e-6, batch_size: int = 256, seed: int = 0) -> float:
+    """LeJEPA's linear-probe protocol on frozen features: LayerNorm + Linear, AdamW, weight decay 1e-6.
+
+    Mini-batches of shuffled training features; the lr rises linearly over the first epoch from 1 % and
+    follows a cosine to lr/1000, as in pre-training. The features are what :func:`evaluate_frozen` hands it:
+    the CLS tokens of the backbone's last two blocks, concatenated.
+
+    Shape:
+        train_x: (N, F), train_y: (N,), val_x: (M, F), val_y: (M,).
+
+    Returns:
+        Validation top-1 accuracy.
+    """
+    num_classes = int(max(train_y.max(), val_y.max())) + 1
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Sequential(nn.LayerNorm(train_x.shape[1]), nn.Linear(train_x.shape[1], num_classes))
+    with torch.no_grad():
+        bound = 1 / math.sqrt(train_x.shape[1])
+        head[1].weight.uniform_(-bound, bound, generator=gen), head[1].bias.zero_()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    spe = max(1, math.ceil(len(train_x) / batch_size))
+    total, step = epochs * spe, 0
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(train_x), generator=gen).split(batch_size):
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor(step, total, spe, 0.01, 1e-3)
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(head(train_x[idx]), train_y[idx]).backward()
+                opt.step()
+                step += 1
+    with torch.no_grad():
+        return float((head(val_x).argmax(1) == val_y).float().mean())
+
+
+def binomial_stderr(p: float, n: int) -> float:
+    """Standard error sqrt(p(1-p)/n) of an accuracy p measured on n images (how Table 1 quotes its errors)."""
+    return math.sqrt(p * (1 - p) / n)
+
+
+@contextlib.contextmanager
+def last_blocks_cls(backbone: nn.Module, blocks: int = 2):
+    """Collect, during forward passes, the CLS tokens of the last `blocks` transformer blocks.
+
+    Each block's output goes through the backbone's final norm (DINO's ``get_intermediate_layers``) and its
+    CLS token (or, without one, the mean of the patch tokens) is kept; the tokens of the blocks are
+    concatenated. Yields a list that receives one (B, blocks * width) float32 CPU tensor per forward pass.
+    """
+    outputs, hooks, per_pass = [], [], []
+    prefix = getattr(backbone, "num_prefix_tokens", 1)
+    has_cls = getattr(backbone, "cls_token", None) is not None
+    norm = getattr(backbone, "norm", nn.Identity())
+
+    def hook(module, args, out):
+        tokens = norm(out)
+        per_pass.append((tokens[:, 0] if has_cls else tokens[:, prefix:].mean(1)).float().cpu())
+        if len(per_pass) == blocks:
+            outputs.append(torch.cat(per_pass, dim=1))
+            per_pass.clear()
+
+    for block in list(backbone.blocks)[-blocks:]:
+        hooks.append(block.register_forward_hook(hook))
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def evaluate_frozen(backbone, train_eval, val_eval, cfg: Config, device, autocast) -> dict:
-    """kNN and linear-probe top-1 on the validation split, from frozen backbone features."""
-    tx, ty = extract_features(backbone, train_eval, cfg, device, autocast)
-    vx, vy = extract_features(backbone, val_eval, cfg, device, autocast)
+    """Top-1 on the validation split from frozen backbone features, by three protocols.
+
+    ``lejepa_probe_acc`` (with its binomial ``lejepa_probe_stderr``) is LeJEPA's linear-probe protocol on the
+    CLS tokens of the last two blocks (:func:`lejepa_probe_accuracy`): the number to set beside Table 1.
+    ``knn_acc`` (:func:`knn_accuracy`) and ``linear_probe_acc`` (:func:`linear_probe_accuracy`, on the
+    standardised head output) are diagnostics. Without transformer ``blocks`` (a non-ViT timm model) or with
+    ``lejepa_probe_epochs=0`` the protocol is not run and ``lejepa_probe_acc`` is None.
+    """
+    protocol = cfg.lejepa_probe_epochs > 0 and len(getattr(backbone, "blocks", ())) >= 2
+    with last_blocks_cls(backbone) if protocol else contextlib.nullcontext([]) as cls:
+        tx, ty = extract_features(backbone, train_eval, cfg, device, autocast)
+        n_train = len(cls)
+        vx, vy = extract_features(backbone, val_eval, cfg, device, autocast)
+    out = {"n_val": len(vy), "lejepa_probe_acc": None, "lejepa_probe_stderr": None}
     with torch.random.fork_rng(devices=[]):
-        return {"knn_acc": knn_accuracy(tx, ty, vx, vy, cfg.knn_k, cfg.knn_temperature),
-                "linear_probe_acc": linear_probe_accuracy(tx, ty, vx, vy, cfg.probe_steps)}
+        if protocol:
+            acc = lejepa_probe_accuracy(torch.cat(cls[:n_train]), ty, torch.cat(cls[n_train:]), vy,
+                                        cfg.lejepa_probe_epochs, cfg.lejepa_probe_lr, cfg.lejepa_probe_wd,
+                                        cfg.lejepa_probe_batch_size, cfg.seed)
+            out.update(lejepa_probe_acc=acc, lejepa_probe_stderr=binomial_stderr(acc, len(vy)))
+        out["knn_acc"] = knn_accuracy(tx, ty, vx, vy, cfg.knn_k, cfg.knn_temperature)
+        out["linear_probe_acc"] = linear_probe_accuracy(tx, ty, vx, vy, cfg.probe_steps)
+    return out
+
+
+def record_online_probe(results: dict, acc: float, epoch: float, n_val: int) -> None:
+    """Keep the last and the best online-probe accuracy, each with its epoch and binomial standard error.
+
+    Table 1 does not say whether its numbers are the last or the best epoch, so a run records both in
+    ``results["online_probe"]``; ``results["online_probe_acc"]`` is the last one.
+    """
+    entry = {"acc": acc, "epoch": epoch, "stderr": binomial_stderr(acc, n_val)}
+    probe = results.setdefault("online_probe", {"n_val": n_val})
+    probe["last"] = entry
+    if "best" not in probe or acc > probe["best"]["acc"]:
+        probe["best"] = dict(entry)
+    results["online_probe_acc"] = acc
 
 
 @torch.no_grad()
@@ -645,9 +780,8 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
                 raise
             stopping = True
             break
-        factor = lr_factor(step, total_steps, warmup_steps, cfg.warmup_start_factor, cfg.min_lr_ratio)
         for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * factor
+            group["lr"] = scheduled_lr(group["base_lr"], step, total_steps, warmup_steps, cfg)
         loss, parts = compute_loss(model, reg, (views, local, labels), cfg, device, autocast)
         # one collective per step: the rank-averaged loss terms, which tell every rank whether to stop (a
         # non-finite loss, or a SIGINT/SIGTERM on any rank: all ranks then stop after this same step)
@@ -673,7 +807,7 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
         if step % cfg.log_every == 0 or step == end_step:
             now = time.time()
             last = {"step": step, "epoch": step / spe, "loss": ssl, "align": align, "reg": omega,
-                    "probe_loss": probe_loss, "lr": cfg.lr * factor,
+                    "probe_loss": probe_loss, "lr": opt.param_groups[0]["lr"],
                     "imgs_per_s": (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)}
             tick, tick_step = now, step
             logger.log(last)
@@ -684,7 +818,7 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
             bar.update(1)
         if cfg.eval_every and step % (cfg.eval_every * spe) == 0 and step < end_step:
             acc = online_probe_accuracy(net, val_loader, dist, autocast)
-            results["online_probe_acc"] = acc
+            record_online_probe(results, acc, step // spe, len(val_eval))
             logger.log({"step": step, "epoch": step // spe, "online_probe_acc": acc})
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < end_step:
             checkpoint()
@@ -702,12 +836,13 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
         raise TrainingError(f"non-finite weights after step {step} ({bad}); " + _kept(run_dir, saved_step))
 
     # end of run: online probe, frozen-feature probes, final checkpoint
-    results["online_probe_acc"] = online_probe_accuracy(net, val_loader, dist, autocast)
+    record_online_probe(results, online_probe_accuracy(net, val_loader, dist, autocast),
+                        step // spe if step % spe == 0 else step / spe, len(val_eval))
     logger.log({"step": step, "epoch": step / spe, "online_probe_acc": results["online_probe_acc"]})
     if cfg.final_eval and dist.main:
         results["final"] = evaluate_frozen(net.backbone, train_eval, val_eval, cfg, device, autocast)
     out = {"run_dir": str(run_dir), "step": step, "total_steps": total_steps, "preset": cfg.preset,
-           **results, "last": last, "wall_time_s": time.time() - t_start}
+           **results, "reported": REPORTED, "last": last, "wall_time_s": time.time() - t_start}
     checkpoint(finished=True, summary=out)
     if dist.world_size > 1:
         torch.distributed.barrier()
@@ -717,7 +852,10 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
         write_text(run_dir / RESULTS, json.dumps(out, indent=2) + "\n")
         msg = f"done: {step} steps in {out['wall_time_s']:.0f} s; online probe {results['online_probe_acc']:.4f}"
         if "final" in results:
-            msg += f"; kNN {results['final']['knn_acc']:.4f}, linear probe {results['final']['linear_probe_acc']:.4f}"
+            fin = results["final"]
+            if fin["lejepa_probe_acc"] is not None:
+                msg += f"; linear probe (LeJEPA's protocol) {fin['lejepa_probe_acc']:.4f} +- {fin['lejepa_probe_stderr']:.4f}"
+            msg += f"; diagnostics: kNN {fin['knn_acc']:.4f}, linear probe on the head {fin['linear_probe_acc']:.4f}"
         if "init" in results:
             msg += (f" (random init: kNN {results['init']['knn_acc']:.4f}, "
                     f"linear probe {results['init']['linear_probe_acc']:.4f})")
