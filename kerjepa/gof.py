@@ -362,6 +362,13 @@ def _fixed_statistic(reg, dim: int, generator, like: torch.Tensor):
     return lambda x: ksd2(x, reg.kernel, reg.prior, reg.estimator, backend=reg.backend)
 
 
+def _phi_(kernel, r2: torch.Tensor) -> torch.Tensor:
+    """The kernel of the squared distances ``r2``, computed in place (Gaussian or IMQ, resolved)."""
+    if isinstance(kernel, _GaussianKernel):
+        return r2.mul_(-kernel.gamma).exp_()
+    return r2.mul_(kernel.alpha).add_(1.0).pow_(-kernel.beta)
+
+
 def _batched_statistic(reg, dim: int, generator, like: torch.Tensor):
     """``T`` of a stack of batches (C, N, D) -> (C,), for the statistics that vectorise, else ``None``.
 
@@ -410,9 +417,9 @@ def _batched_statistic(reg, dim: int, generator, like: torch.Tensor):
         def unsliced(y):
             c, n, _ = y.shape
             sq = (y * y).sum(-1)
-            r2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(y, y.transpose(1, 2))).clamp_min_(0.0)
-            r2.diagonal(dim1=1, dim2=2).zero_()
-            pairs = k.phi(r2).sum((1, 2))
+            r2 = torch.bmm(y, y.transpose(1, 2)).mul_(-2.0).add_(sq[:, :, None]).add_(sq[:, None, :])
+            r2.clamp_min_(0.0).diagonal(dim1=1, dim2=2).zero_()
+            pairs = _phi_(k, r2).sum((1, 2))
             u = reg.estimator == "u"
             pairs = (pairs - n) / (n * (n - 1)) if u else pairs / (n * n)   # phi(0) = 1
             cross, const = kernel_prior_mean(y.reshape(c * n, dim), k, reg.prior)

@@ -319,3 +319,82 @@ def test_result_fields():
     assert res.reject == (res.statistic > res.critical_value)
     assert math.isinf(gof.critical_value(res.replicates, 0.01))   # 0.01 * 40 < 1: no such test
     assert "wild bootstrap" in repr(res)
+
+
+# ----------------------------------------------------------------------------------------------
+# the embedding-health monitor of the trainer
+# ----------------------------------------------------------------------------------------------
+def test_effective_rank_is_the_exponential_entropy_of_the_singular_values():
+    from kerjepa.training.monitor import effective_rank
+    rng = np.random.default_rng(0)
+    for scales in ([1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 0.1, 0.0], [1.0, 0.0, 0.0, 0.0]):
+        z = rng.normal(size=(500, 4)) * scales @ np.linalg.qr(rng.normal(size=(4, 4)))[0]
+        s = np.linalg.svd(z - z.mean(0), compute_uv=False)
+        p = s[s > 1e-12 * s.max()] / s.sum()
+        assert effective_rank(torch.from_numpy(z)) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+
+
+def test_collapse_message_needs_a_collapse_and_a_rejection():
+    from kerjepa.training.monitor import collapse_message
+    base = {"step": 7, "test": "mmd", "dim": 16, "prior_var": 1.0, "pvalue": [0.01, 0.01],
+            "effective_rank": [12.0, 11.0], "var_min": [0.5, 0.6], "var_max": [1.5, 1.4], "var_mean": [1.0, 1.0]}
+    assert collapse_message(base) is None                                      # rejects, but not collapsed
+    subspace = {**base, "effective_rank": [12.0, 2.5]}
+    assert "low-dimensional subspace in 1 of 2" in collapse_message(subspace)
+    point = {**base, "var_mean": [1e-3, 1.0]}
+    assert "COLLAPSED to a point" in collapse_message(point)
+    assert collapse_message({**point, "pvalue": [0.5, 0.5]}) is None          # the test accepts the prior
+
+
+class _Net(torch.nn.Module):
+    """Backbone = flatten; the projector maps each image to D outputs through ``head``."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.backbone, self.head = torch.nn.Flatten(), head
+
+    def projector(self, x):
+        return self.head(x)
+
+
+@pytest.mark.parametrize("case", ["prior", "collapsed"])
+def test_monitor_accepts_prior_draws_and_warns_on_collapse(case, recwarn):
+    import warnings
+    from kerjepa.training import config, data
+    from kerjepa.training.monitor import CollapseWarning, embedding_health
+    cfg = config.get_preset("digits-cpu").replace(views=2, health_bootstrap=39, health_rows=200,
+                                                 reg={"kind": "ksd", "kernel": "imq", "prior": "gaussian"})
+    _, val, _, _ = data.build_datasets(cfg)
+    g = torch.Generator().manual_seed(0)
+    if case == "prior":           # embeddings that ARE prior draws: nothing to report
+        head = lambda x: torch.randn(x.shape[0], 8, generator=g)  # noqa: E731
+    else:                         # every image on one line, at a tiny scale
+        head = lambda x: 1e-3 * x[:, :1] * torch.ones(1, 8)       # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rec = embedding_health(_Net(head), val, cfg, torch.device("cpu"), __import__("contextlib").nullcontext, 3)
+    assert rec["event"] == "health" and rec["rows"] == 200 and rec["dim"] == 8 and len(rec["pvalue"]) == 2
+    collapse = [w for w in recwarn if issubclass(w.category, CollapseWarning)]
+    if case == "prior":
+        assert not collapse and min(rec["pvalue"]) > 0.01 and min(rec["effective_rank"]) > 7.5
+    else:
+        assert len(collapse) == 1 and "COLLAPSED to a point" in str(collapse[0].message)
+        assert max(rec["pvalue"]) == 1 / 40 and max(rec["effective_rank"]) < 1.01
+
+
+def test_tiny_run_logs_embedding_health(tmp_path):
+    import json
+    from kerjepa.training import config, loop
+    cfg = config.get_preset("digits-cpu").replace(
+        batch_size=512, micro_width=32, micro_depth=1, micro_heads=2, proj_hidden=64, proj_dim=16, views=2,
+        epochs=2, eval_every=1, eval_init=False, final_eval=False, progress=False, tensorboard=False,
+        health_bootstrap=19, health_rows=128, reg={"kind": "ksd", "kernel": "imq"}, lam=1.0, warmup_epochs=1)
+    loop.train(cfg, out=tmp_path / "run")
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    health = [r for r in rows if r.get("event") == "health"]
+    assert [r["step"] for r in health] == [2]                     # one evaluation before the end (2 steps/epoch)
+    rec = health[0]
+    assert rec["test"] == "ksd" and rec["rows"] == 128 and rec["dim"] == 16
+    for key in ("statistic", "pvalue", "effective_rank", "var_min", "var_max", "var_mean"):
+        assert len(rec[key]) == 2 and all(math.isfinite(v) for v in rec[key])
+    assert all(0 < p <= 1 for p in rec["pvalue"]) and all(1 <= r <= 16 for r in rec["effective_rank"])

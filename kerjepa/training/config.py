@@ -132,6 +132,8 @@ class Config:
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_steps: int = 300            # full-batch steps of the final linear probe
+    health_bootstrap: int = 200       # embedding-health monitor at each evaluation: bootstrap replicates; 0 = off
+    health_rows: int = 1024           # validation images (in `views` views) the monitor tests, at most
 
     # output
     ckpt_every: int = 1000            # steps between checkpoints; 0 = only at the end
@@ -151,13 +153,14 @@ class Config:
             raise ConfigError(f"weighting='lejepa' uses (1-lam)*align + lam*reg, so lam must be in [0, 1], got {self.lam}")
         for name in ("epochs", "img_size", "views", "batch_size", "eval_batch_size", "proj_dim", "proj_hidden",
                      "knn_k", "log_every", "local_img_size", "micro_patch", "micro_width", "micro_depth",
-                     "micro_heads"):
+                     "micro_heads", "health_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.views + self.local_views < 2:
             raise ConfigError(f"the alignment term needs at least 2 views in all, got views={self.views}, "
                               f"local_views={self.local_views}")
-        for name in ("local_views", "num_workers", "emb_dim", "eval_every", "ckpt_every", "probe_steps"):
+        for name in ("local_views", "num_workers", "emb_dim", "eval_every", "ckpt_every", "probe_steps",
+                     "health_bootstrap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:

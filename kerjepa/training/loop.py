@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..alignment import alignment_loss
 from . import data as kdata
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
+from .monitor import embedding_health
 
 __all__ = ["train", "main", "TrainingError", "lr_factor", "KerJEPANet", "build_model",
            "build_regularizer", "param_groups", "compute_loss", "knn_accuracy", "linear_probe_accuracy",
@@ -601,6 +602,8 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
             acc = online_probe_accuracy(net, val_loader, dist, autocast)
             results["online_probe_acc"] = acc
             logger.log({"step": step, "epoch": step // spe, "online_probe_acc": acc})
+            if cfg.health_bootstrap and dist.main:  # statistic, p-value, effective rank of the val embeddings
+                logger.log(embedding_health(net, val_base, cfg, device, autocast, step))
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < end_step:
             checkpoint()
     if bar is not None:
