@@ -64,17 +64,16 @@ _STANDARD_GAUSSIAN = _GaussianPrior()
 class GofResult:
     """Outcome of a goodness-of-fit test.
 
-    Attributes:
-        statistic: the observed statistic :math:`T(z)` (the regularizer's value, at the
-            ``scale="kerjepa"`` scale; Epps–Pulley at LeJEPA's own scale).
-        pvalue: Monte Carlo p-value :math:`(1 + \\#\\{b: T_b \\ge T\\})/(1 + B)`, in
-            :math:`[1/(B+1), 1]`.
-        critical_value: reject at ``level`` exactly when ``statistic > critical_value``
-            (equivalently ``pvalue <= level``); ``inf`` when ``level * (B + 1) < 1``.
-        level: the significance level :math:`\\alpha`.
-        num_bootstrap: B, the number of replicates.
-        replicates: the (B,) bootstrap replicates :math:`T_b`, on the device of ``z``.
-        method: a short description (statistic and bootstrap).
+    * ``statistic``: the observed statistic :math:`T(z)` (the regularizer's value at the
+      ``scale="kerjepa"`` scale; Epps–Pulley at LeJEPA's own scale);
+    * ``pvalue``: the Monte Carlo p-value :math:`(1 + \#\{b: T_b \ge T\})/(1 + B)`, in
+      :math:`[1/(B+1), 1]`;
+    * ``critical_value``: reject at ``level`` exactly when ``statistic > critical_value``
+      (equivalently ``pvalue <= level``); ``inf`` when ``level * (B + 1) < 1``;
+    * ``level``: the significance level :math:`\alpha`;
+    * ``num_bootstrap``: B, the number of replicates;
+    * ``replicates``: the (B,) bootstrap replicates :math:`T_b`, on the device of ``z``;
+    * ``method``: a short description (statistic and bootstrap).
     """
 
     statistic: float
@@ -271,10 +270,11 @@ def ksd_test(z: torch.Tensor, *, kernel: str = "gaussian", prior: str = "gaussia
 
     Args:
         z: embeddings (N, D), N >= 2 (test the views of a (V, N, D) batch one at a time).
-        kernel, prior, slices, estimator, gamma, alpha, beta, sigma, nu, num_knots, approx,
-            backend: as for :func:`kerjepa.regularizer` with ``kind="ksd"`` (``estimator=None``
-            is the regularizer's default: U unsliced, V sliced). ``backend`` also chooses the
-            dense Stein matrix or row blocks of ``block_size`` rows for the wild bootstrap.
+        kernel: as for :func:`kerjepa.regularizer` with ``kind="ksd"``, as are ``prior``,
+            ``slices``, ``estimator`` (``None``: the regularizer's default, U unsliced, V sliced),
+            ``gamma``, ``alpha``, ``beta``, ``sigma``, ``nu``, ``num_knots``, ``approx`` and
+            ``backend``. ``backend`` also chooses the dense Stein matrix or row blocks of
+            ``block_size`` rows for the wild bootstrap.
         block_size: rows per block of the Stein matrix with the chunked backend.
         num_bootstrap: B >= 1 replicates (the p-value's resolution is 1/(B+1)).
         level: :math:`\alpha \in (0, 1)` for the critical value.
@@ -472,8 +472,9 @@ def mmd_test(z: torch.Tensor, *, kind: str = "mmd", kernel: str = "gaussian", pr
     Args:
         z: embeddings (N, D), N >= 2.
         kind: ``"mmd"`` or ``"epps_pulley"``.
-        kernel, prior, slices, estimator, gamma, alpha, beta, sigma, nu, num_knots, approx,
-            backend, prior_samples, target_cf, t_max, n_points: as for :func:`kerjepa.regularizer`.
+        kernel: as for :func:`kerjepa.regularizer`, as are ``prior``, ``slices``, ``estimator``,
+            ``gamma``, ``alpha``, ``beta``, ``sigma``, ``nu``, ``num_knots``, ``approx``,
+            ``backend``, ``prior_samples``, ``target_cf``, ``t_max`` and ``n_points``.
         num_bootstrap: B >= 1 prior batches.
         level: :math:`\alpha \in (0, 1)` for the critical value.
         generator: ``torch.Generator`` for the slice directions and the prior draws; ``None``

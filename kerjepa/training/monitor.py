@@ -120,12 +120,15 @@ def embedding_health(net, base, cfg, device, autocast, step: int) -> dict:
         base: the validation dataset (images, labels), as :func:`kerjepa.training.data.build_datasets` gives.
         cfg: the run's :class:`~kerjepa.training.config.Config` (``reg``, ``views``,
             ``health_bootstrap`` replicates, ``health_rows`` images at most).
-        device, autocast: where and in which precision the model runs.
+        device: where the model runs.
+        autocast: a callable returning the context manager the model runs in (its precision).
         step: the training step, for the record.
 
     Returns:
-        ``{"step", "event": "health", "test", "statistic", "pvalue", "effective_rank", "var_min",
-        "var_max", "var_mean"}`` with one value per view in each list, plus ``"dim"`` and ``"rows"``.
+        A dict with ``"step"``, ``"event": "health"``, ``"test"`` (the regularizer's kind), lists
+        with one value per view for ``"statistic"``, ``"pvalue"``, ``"effective_rank"``,
+        ``"var_min"``, ``"var_max"`` and ``"var_mean"``, and ``"dim"``, ``"rows"`` and
+        ``"prior_var"`` (the prior's per-dimension variance).
     """
     z = projected_views(net, base, cfg, device, autocast, cfg.health_rows)
     kind, options = _test_options(cfg)
