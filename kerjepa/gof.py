@@ -62,7 +62,7 @@ _STANDARD_GAUSSIAN = _GaussianPrior()
 
 @dataclass(frozen=True)
 class GofResult:
-    """Outcome of a goodness-of-fit test.
+    r"""Outcome of a goodness-of-fit test.
 
     * ``statistic``: the observed statistic :math:`T(z)` (the regularizer's value at the
       ``scale="kerjepa"`` scale; Epps–Pulley at LeJEPA's own scale);
