@@ -16,7 +16,7 @@ The first row of each file (``"event": "meta"``) records the sizes, the seed and
 Sizes: full — N in {50, 200, 1000}, D in {2, 16, 128}, R = 1000 (every kernel x prior);
 power at N = 200, D = 16 and N = 1000, D = 128 with R = 500. Small — N in {50, 200}, D in {2, 16},
 R = 200 (the six KSD kernel x prior pairs, the unsliced MMDs and Epps–Pulley); power at N = 200,
-D = 16 with R = 50. The wild bootstrap uses B = 99 (small) or 199 replicates; the parametric
+D = 16 with R = 100. The wild bootstrap uses B = 99 (small) or 199 replicates; the parametric
 bootstrap, exact whenever 0.05 (B + 1) is an integer, B = 19 (small) or 99 for the size and
 39 (small) or 199 for the power, as does hyppo's permutation test.
 """
@@ -157,7 +157,7 @@ def _hyppo_mmd(z: np.ndarray, rng: np.random.Generator, reps: int) -> float:
 
 def run_power(small: bool, seed: int) -> list:
     settings = [(200, 16)] if small else [(200, 16), (1000, 128)]
-    reps, b = (50, 99) if small else (500, 199)
+    reps, b = (100, 99) if small else (500, 199)
     b_parametric = 39 if small else 199
     rows = []
     for n, dim in settings:
