@@ -162,6 +162,8 @@ class Config:
     lejepa_probe_lr: float = 1e-3     # its AdamW peak lr (1-epoch warm-up, cosine to lr/1000)
     lejepa_probe_wd: float = 1e-6     # its AdamW weight decay
     lejepa_probe_batch_size: int = 256
+    health_bootstrap: int = 200       # embedding-health monitor at each evaluation: bootstrap replicates; 0 = off
+    health_rows: int = 1024           # validation images (in `views` views) the monitor tests, at most
 
     # output
     ckpt_every: int = 1000            # steps between checkpoints; 0 = only at the end
@@ -185,7 +187,7 @@ class Config:
             raise ConfigError(f"weighting='lejepa' uses (1-lam)*align + lam*reg, so lam must be in [0, 1], got {self.lam}")
         for name in ("epochs", "img_size", "views", "batch_size", "eval_batch_size", "proj_dim", "proj_hidden",
                      "knn_k", "log_every", "local_img_size", "micro_patch", "micro_width", "micro_depth",
-                     "micro_heads", "lejepa_probe_batch_size"):
+                     "micro_heads", "lejepa_probe_batch_size", "health_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -198,7 +200,7 @@ class Config:
             raise ConfigError(f"the alignment term needs at least 2 views in all, got views={self.views}, "
                               f"local_views={self.local_views}")
         for name in ("local_views", "num_workers", "emb_dim", "eval_every", "ckpt_every", "probe_steps",
-                     "lejepa_probe_epochs"):
+                     "lejepa_probe_epochs", "health_bootstrap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:

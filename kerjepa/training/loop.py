@@ -44,6 +44,7 @@ from .checkpoint import (CHECKPOINT, CONFIG, METRICS, RECOVERY_CHANGES, RESULTS,
                          RunFolderError, first_nonfinite, gather_rng, load_checkpoint, load_state, optimizer_tensors,
                          prepare_run_dir, repair_metrics, restore_rng, resume_config, save_checkpoint, write_text)
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
+from .monitor import embedding_health
 
 __all__ = ["train", "main", "TrainingError", "Interrupted", "lr_factor", "KerJEPANet", "build_model",
            "build_regularizer", "param_groups", "scheduled_lr", "compute_loss", "knn_accuracy",
@@ -820,6 +821,8 @@ def _train(cfg: Config, dist: Dist, run_dir: Path, ckpt: dict | None, t_start: f
             acc = online_probe_accuracy(net, val_loader, dist, autocast)
             record_online_probe(results, acc, step // spe, len(val_eval))
             logger.log({"step": step, "epoch": step // spe, "online_probe_acc": acc})
+            if cfg.health_bootstrap and dist.main:  # statistic, p-value, effective rank of the val embeddings
+                logger.log(embedding_health(net, val_base, cfg, device, autocast, step))
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < end_step:
             checkpoint()
         if signalled > 0 or (stop.signum and dist.world_size == 1):
