@@ -262,7 +262,7 @@ _LAMBDA_CACHE: dict = {}
 
 
 def matched_lambda(reg_spec: dict, dim: int, views: int = 4, batch_size: int = 256,
-                   scales=(0.25, 0.5, 1.0, 2.0), seed: int = 0) -> float:
+                   scales=(0.25, 1.0, 2.0), seed: int = 0) -> float:
     r"""A centre for the lambda sweep: the weight that gives `reg_spec` LeJEPA's regularizer gradient.
 
     The reference is LeJEPA's SIGReg (``epps_pulley``, 1024 slices) at LeJEPA's recommended weight
@@ -285,7 +285,7 @@ def matched_lambda(reg_spec: dict, dim: int, views: int = 4, batch_size: int = 2
     gen = torch.Generator().manual_seed(seed)
     logs = []
     for s in scales:
-        g = torch.randn(views, batch_size, dim, generator=gen, dtype=torch.float64) * s
+        g = torch.randn(views, batch_size, dim, generator=gen) * s
         norms = []
         for module in (ref, reg):
             z = g.clone().requires_grad_(True)
@@ -315,14 +315,14 @@ def _table1_specs(dim: int) -> dict:
     """Regularizer spec of every row: Table 1's eleven, the Student-t rows, and ``none`` (lam = 0)."""
     fin = {"slices": 1024, "num_knots": 21}
     out = {"none": None, "lejepa": {"kind": "epps_pulley", "slices": 1024, "n_points": 21}}
-    for name, kind, kernel, slicing, prior in (
+    for name, kind, kernel, slicing, prior in (  # the rows the paper's claims rest on come first
+            ("ksd-unsliced-imq-gaussian", "ksd", "imq", None, "gaussian"),
+            ("mmd-sliced-gaussian-laplace", "mmd", "gaussian", "finite", "laplace"),
+            ("ksd-unsliced-gaussian-laplace", "ksd", "gaussian", None, "laplace"),
+            ("ksd-unsliced-imq-laplace", "ksd", "imq", None, "laplace"),
             ("mmd-unsliced-gaussian-gaussian", "mmd", "gaussian", None, "gaussian"),
             ("mmd-analytic-gaussian-gaussian", "mmd", "gaussian", "analytic", "gaussian"),
-            ("mmd-sliced-gaussian-laplace", "mmd", "gaussian", "finite", "laplace"),
             ("ksd-unsliced-gaussian-gaussian", "ksd", "gaussian", None, "gaussian"),
-            ("ksd-unsliced-gaussian-laplace", "ksd", "gaussian", None, "laplace"),
-            ("ksd-unsliced-imq-gaussian", "ksd", "imq", None, "gaussian"),
-            ("ksd-unsliced-imq-laplace", "ksd", "imq", None, "laplace"),
             ("ksd-analytic-gaussian-gaussian", "ksd", "gaussian", "analytic", "gaussian"),
             ("ksd-sliced-gaussian-gaussian", "ksd", "gaussian", "finite", "gaussian"),
             ("ksd-sliced-gaussian-laplace", "ksd", "gaussian", "finite", "laplace"),
@@ -538,10 +538,10 @@ def _experiments() -> dict:
                    _train_estimate),
         Experiment("e3", "every Table 1 row + none + Student-t rows at the tuned lambda, 40 epochs, 5 seeds",
                    _e3_cells(40, "e3-tune"), (0, 1, 2, 3, 4), _train_measure, _train_estimate, requires="e3-tune"),
-        Experiment("e3-small-tune", "reduced e3-tune: lambda x {1/4, 1, 4}, 10 epochs, 1 seed",
-                   _e3_tune_cells(10, (0.25, 1.0, 4.0)), (0,), _train_measure, _train_estimate),
-        Experiment("e3-small", "reduced e3: 10 epochs, seeds 0-2 (seed-major: every row gets seed 0 first)",
-                   _e3_cells(10, "e3-small-tune"), (0, 1, 2), _train_measure, _train_estimate,
+        Experiment("e3-small-tune", "reduced e3-tune: lambda x {1/4, 1, 4}, 8 epochs, 1 seed",
+                   _e3_tune_cells(8, (0.25, 1.0, 4.0)), (0,), _train_measure, _train_estimate),
+        Experiment("e3-small", "reduced e3: 8 epochs, seeds 0-2 (seed-major: every row gets seed 0 first)",
+                   _e3_cells(8, "e3-small-tune"), (0, 1, 2), _train_measure, _train_estimate,
                    requires="e3-small-tune"),
     ]
     return {e.name: e for e in exps}
