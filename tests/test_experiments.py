@@ -10,7 +10,7 @@ from kerjepa.training import experiments as E
 from kerjepa.training.config import get_preset
 
 
-def _tiny_cells():
+def _tiny_cells(results_dir=None):
     base = get_preset("digits-cpu").replace(
         epochs=1, max_steps=2, batch_size=64, eval_batch_size=128, micro_width=16, micro_depth=1, micro_heads=2,
         proj_hidden=32, proj_dim=8, eval_every=1, eval_init=False, ckpt_every=0, probe_steps=5, knn_k=3,
@@ -140,3 +140,26 @@ def test_statistics_against_hand_values():
             for f, lam, acc in ((0.5, 1.0, 0.7), (1, 2.0, 0.9), (2, 4.0, 0.9))]
     assert E.select_lambda(tune)["a"]["lam"] == 2.0                  # ties go to the smaller lambda
     assert E.loglog_slope([1, 4, 16], [1, 0.5, 0.25]) == pytest.approx(-0.5)
+
+
+def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
+    calls = []
+
+    def tune_cells(results_dir=None):
+        return [E.Cell(f"{row}@x{f:g}", {"row": row, "lam": f}, {"row": row, "factor": f})
+                for row in ("a", "b") for f in (1.0, 2.0)]
+
+    def cells(results_dir=None):
+        chosen = E.select_lambda(E.read_rows(tmp_path / "t-tune.jsonl"))
+        return [E.Cell(row, {"row": row, "lam": c["lam"]}, {"row": row}) for row, c in chosen.items()]
+
+    def measure(cell, seed):
+        calls.append((cell.name, seed))
+        return {"linear_probe_acc": cell.config["lam"] * (1 if cell.config["row"] == "a" else -1)}
+
+    tune = E.Experiment("t-tune", "", tune_cells, (0,), measure, lambda c: 1.0)
+    main = E.Experiment("t", "", cells, (0, 1), measure, lambda c: 1.0, requires="t-tune")
+    monkeypatch.setitem(E.EXPERIMENTS, "t-tune", tune)
+    assert E.run_tuned(main, results_dir=tmp_path, progress=False) == 8
+    assert calls == [("a@x1", 0), ("a@x2", 0), ("a", 0), ("b@x1", 0), ("b@x2", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert {r["cell"]: r["config"]["lam"] for r in E.read_rows(tmp_path / "t.jsonl")} == {"a": 2.0, "b": 1.0}

@@ -55,7 +55,7 @@ from ..modules import regularizer
 from .config import Config, get_preset
 
 __all__ = ["Cell", "Experiment", "EXPERIMENTS", "RESULTS_DIR", "ResultsError", "read_rows", "append_row",
-           "repair", "run_experiment", "plan", "main", "matched_lambda", "select_lambda", "mean_se",
+           "repair", "run_experiment", "run_tuned", "plan", "main", "matched_lambda", "select_lambda", "mean_se",
            "paired_difference", "e3_table", "e1_table", "e2_table", "TABLE1_ROWS", "STUDENT_T_NU"]
 
 #: where the result files live, relative to the repository root
@@ -187,7 +187,7 @@ class Cell:
 
 @dataclasses.dataclass
 class Experiment:
-    """A named grid: ``cells()`` x ``seeds``, measured by ``measure(cell, seed) -> metrics``.
+    """A named grid: ``cells(results_dir)`` x ``seeds``, measured by ``measure(cell, seed) -> metrics``.
 
     ``requires`` names an experiment whose rows ``cells()`` reads (run first by the runner).
     ``seed_major`` runs every cell at the first seed before any cell at the next one.
@@ -354,7 +354,7 @@ def _row_config(base: Config, spec, lam: float, name: str) -> dict:
 
 
 def _e3_tune_cells(epochs: int, factors) -> Callable:
-    def cells():
+    def cells(results_dir=None):
         base = _digits_base(epochs, holdout=True)
         out = []
         for name, spec in _table1_specs(base.proj_dim).items():
@@ -388,9 +388,9 @@ def select_lambda(tune_rows: list, metric: str = "linear_probe_acc") -> dict:
 
 
 def _e3_cells(epochs: int, tune: str) -> Callable:
-    def cells():
+    def cells(results_dir=None):
         base = _digits_base(epochs)
-        chosen = select_lambda(read_rows(RESULTS_DIR / f"{tune}.jsonl"))
+        chosen = select_lambda(read_rows(Path(results_dir or RESULTS_DIR) / f"{tune}.jsonl"))
         out = []
         for name, spec in _table1_specs(base.proj_dim).items():
             if name not in chosen:
@@ -404,7 +404,7 @@ def _e3_cells(epochs: int, tune: str) -> Callable:
 # --- E2: Figures 2-3 -------------------------------------------------------------------------
 
 def _e2_cells(dims, slices, kinds, schedules) -> Callable:
-    def cells():
+    def cells(results_dir=None):
         out = []
         for kind in kinds:
             for dim in dims:
@@ -433,7 +433,7 @@ E1_SLICES = (16, 64, 256, 1024)
 
 
 def _e1_cells(dims=(16, 128, 1024), draws: int = 10, rows: int = 256, encoder_epochs: int = 5) -> Callable:
-    def cells():
+    def cells(results_dir=None):
         return [Cell(f"{source}-{kind}-d{dim}",
                      {"source": source, "kind": kind, "dim": dim, "slices": list(E1_SLICES), "draws": draws,
                       "rows": rows, "num_knots": 21, "kernel": "gaussian", "gamma": 0.5, "prior": "gaussian",
@@ -561,7 +561,7 @@ def plan(exp: Experiment, seeds=None, cells=None, results_dir=None) -> list:
     """The runs of `exp` as ``(cell, seed, key, done)`` in the order the runner takes them."""
     results_dir = Path(results_dir or RESULTS_DIR)
     seeds = tuple(exp.seeds if seeds is None else seeds)
-    grid = exp.cells()
+    grid = exp.cells(results_dir)
     if cells:
         unknown = sorted(set(cells) - {c.name for c in grid})
         if unknown:
@@ -642,16 +642,34 @@ def main(argv=None) -> int:
     if args.name not in EXPERIMENTS:
         parser.error(f"unknown experiment {args.name!r}; choose from {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[args.name]
-    chain = [EXPERIMENTS[exp.requires], exp] if exp.requires and not args.cell else [exp]
-    for e in chain:
-        seeds = args.seeds if e is exp else None
-        if args.dry_run:
-            print(_dry_run(e, seeds, args.cell if e is exp else None, args.results_dir))
-        else:
-            n = run_experiment(e, seeds, args.cell if e is exp else None, args.results_dir,
-                               progress=not args.no_progress)
-            print(f"{e.name}: {n} new row(s) in {Path(args.results_dir or RESULTS_DIR) / (e.name + '.jsonl')}")
+    if args.dry_run:
+        for e in ([EXPERIMENTS[exp.requires]] if exp.requires and not args.cell else []) + [exp]:
+            print(_dry_run(e, args.seeds if e is exp else None, args.cell if e is exp else None, args.results_dir))
+        return 0
+    if exp.requires and not args.cell:
+        n = run_tuned(exp, args.seeds, args.results_dir, progress=not args.no_progress)
+    else:
+        n = run_experiment(exp, args.seeds, args.cell, args.results_dir, progress=not args.no_progress)
+    print(f"{exp.name}: {n} new row(s) in {Path(args.results_dir or RESULTS_DIR) / (exp.name + '.jsonl')}")
     return 0
+
+
+def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = True) -> int:
+    """Run a grid whose cells need a tuning grid (``exp.requires``) so that partial progress is useful.
+
+    Row by row (in the grid's order): the row's tuning runs, then the row at the first seed; then the
+    remaining seeds, seed-major. Returns the number of rows written (both files).
+    """
+    tune = EXPERIMENTS[exp.requires]
+    seeds = tuple(exp.seeds if seeds is None else seeds)
+    tune_cells = tune.cells(results_dir)
+    rows = list(dict.fromkeys(c.info["row"] for c in tune_cells))
+    written = 0
+    for row in rows:
+        written += run_experiment(tune, cells=[c.name for c in tune_cells if c.info["row"] == row],
+                                  results_dir=results_dir, progress=progress)
+        written += run_experiment(exp, seeds=seeds[:1], cells=[row], results_dir=results_dir, progress=progress)
+    return written + run_experiment(exp, seeds=seeds, results_dir=results_dir, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
