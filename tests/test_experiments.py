@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,7 +101,7 @@ def test_dry_run_prints_the_grid_and_an_estimate(tmp_path, capsys):
 def test_cli_lists_and_dry_runs(capsys):
     assert E.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("e1", "e2", "e2-small", "e3-tune", "e3", "e3-small-tune", "e3-small"):
+    for name in ("e1", "e2", "e2-small", "e3-tune", "e3", "e3-small-tune", "e3-small", "e3-mini-tune", "e3-mini"):
         assert f"\n{name} " in "\n" + out
     with pytest.raises(SystemExit):
         E.main(["e9"])
@@ -163,3 +164,40 @@ def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
     assert E.run_tuned(main, results_dir=tmp_path, progress=False) == 8
     assert calls == [("a@x1", 0), ("a@x2", 0), ("a", 0), ("b@x1", 0), ("b@x2", 0), ("b", 0), ("a", 1), ("b", 1)]
     assert {r["cell"]: r["config"]["lam"] for r in E.read_rows(tmp_path / "t.jsonl")} == {"a": 2.0, "b": 1.0}
+
+
+def _glued(path):
+    """Glue values (text/markdown) of an executed notebook, by key."""
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                data = o["data"]
+                out[name] = next(v for k, v in data.items() if k.endswith("text/markdown"))
+    return out
+
+
+def test_chapter_shows_the_recorded_numbers():
+    from pathlib import Path
+    values = E.chapter_values()
+    glued = _glued(Path(__file__).resolve().parents[1] / "book" / "08_reproduction.ipynb")
+    assert glued == values
+    # independently of the chapter's helpers: E1 slopes and E3 means straight from the JSON lines
+    results = E.load_results()
+    for r in results.get("e1", []):
+        errs = r["metrics"]["relative_error"]
+        ks = sorted(int(k) for k in errs)
+        means = [sum(errs[str(k)]) / len(errs[str(k)]) for k in ks]
+        c = r["config"]
+        slope = float(np.polyfit(np.log(ks), np.log(means), 1)[0])
+        assert values[f"e1_slope_{c['source']}_{c['kind']}_d{c['dim']}"] == f"{slope:.2f}"
+    e3 = E.e3_rows_of(results)
+    for cell in {r["cell"] for r in e3}:
+        accs = [r["metrics"]["linear_probe_acc"] for r in e3 if r["cell"] == cell]
+        assert values[f"e3_{cell}_linear"].startswith(f"{100 * float(np.mean(accs)):.1f}")
+        assert values[f"e3_{cell}_n"] == str(len(accs))
