@@ -609,7 +609,8 @@ def run_experiment(exp: Experiment, seeds=None, cells=None, results_dir=None, pr
             bar.set_postfix_str(f"{cell.name} seed {seed}")
         t0 = time.time()
         metrics = exp.measure(cell, seed)
-        row = {"experiment": exp.name, "cell": cell.name, "seed": seed, "key": key, "config": cell.config,
+        config = {**cell.config, "seed": seed} if "seed" in cell.config else cell.config  # as it ran
+        row = {"experiment": exp.name, "cell": cell.name, "seed": seed, "key": key, "config": config,
                "info": cell.info, "metrics": metrics, "git_commit": commit, "machine": where,
                "command": _command(exp.name, cell.name, seed), "wall_time_s": time.time() - t0,
                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
