@@ -538,9 +538,9 @@ def _experiments() -> dict:
         Experiment("e1", "finite-slice vs analytic gradient error: K x D x {MMD, KSD} x {Gaussian, encoder}",
                    _e1_cells(), (0,), _e1_measure, _e1_estimate),
         Experiment("e2", "Figures 2-3 small: D {16,128,1024} x slices {16,128,1024,analytic} x {MMD,KSD} x "
-                         "{short 10, long 80 epochs}, 3 seeds",
+                         "{short 10, long 40 epochs}, 3 seeds",
                    _e2_cells((16, 128, 1024), (16, 128, 1024, "analytic"), ("mmd", "ksd"),
-                             {"short": 10, "long": 80}), (0, 1, 2), _train_measure, _train_estimate),
+                             {"short": 10, "long": 40}), (0, 1, 2), _train_measure, _train_estimate),
         Experiment("e2-small", "reduced e2: D {16,1024} x slices {16, analytic} x MMD, short schedule, 1 seed",
                    _e2_cells((16, 1024), (16, "analytic"), ("mmd",), {"short": 10}), (0,), _train_measure,
                    _train_estimate),
