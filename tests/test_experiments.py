@@ -11,7 +11,7 @@ from kerjepa.training import experiments as E
 from kerjepa.training.config import get_preset
 
 
-def _tiny_cells(results_dir=None):
+def _tiny_cells(results_dir=None, untuned=False):
     base = get_preset("digits-cpu").replace(
         epochs=1, max_steps=2, batch_size=64, eval_batch_size=128, micro_width=16, micro_depth=1, micro_heads=2,
         proj_hidden=32, proj_dim=8, eval_every=1, eval_init=False, ckpt_every=0, probe_steps=5, knn_k=3,
@@ -146,11 +146,11 @@ def test_statistics_against_hand_values():
 def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
     calls = []
 
-    def tune_cells(results_dir=None):
+    def tune_cells(results_dir=None, untuned=False):
         return [E.Cell(f"{row}@x{f:g}", {"row": row, "lam": f}, {"row": row, "factor": f})
                 for row in ("a", "b") for f in (1.0, 2.0)]
 
-    def cells(results_dir=None):
+    def cells(results_dir=None, untuned=False):
         chosen = E.select_lambda(E.read_rows(tmp_path / "t-tune.jsonl"))
         return [E.Cell(row, {"row": row, "lam": c["lam"]}, {"row": row}) for row, c in chosen.items()]
 

@@ -359,7 +359,7 @@ def _row_config(base: Config, spec, lam: float, name: str) -> dict:
 
 
 def _e3_tune_cells(epochs: int, factors, rows=None, batch_size: int = 256) -> Callable:
-    def cells(results_dir=None):
+    def cells(results_dir=None, untuned=False):
         base = _digits_base(epochs, holdout=True, batch_size=batch_size)
         out = []
         for name, spec in _table1_specs(base.proj_dim).items():
@@ -394,7 +394,7 @@ def select_lambda(tune_rows: list, metric: str = "linear_probe_acc") -> dict:
 
 
 def _e3_cells(epochs: int, tune: str, rows=None, batch_size: int = 256) -> Callable:
-    def cells(results_dir=None):
+    def cells(results_dir=None, untuned=False):
         base = _digits_base(epochs, batch_size=batch_size)
         # the tuning rows of `results_dir`, or the committed ones when it has none (regenerating a row elsewhere)
         path = Path(results_dir or RESULTS_DIR) / f"{tune}.jsonl"
@@ -406,9 +406,12 @@ def _e3_cells(epochs: int, tune: str, rows=None, batch_size: int = 256) -> Calla
             if spec is None:
                 out.append(Cell(name, _row_config(base, None, 0.0, name), {"row": name, "lam": 0.0}))
                 continue
-            if name not in chosen:
+            if name not in chosen and not untuned:
                 continue  # not tuned yet: the runner runs the tuning grid first
-            lam = chosen[name]["lam"]
+            if name in chosen:
+                lam = chosen[name]["lam"]
+            else:  # a dry run before tuning: the sweep's centre stands in for the selected lambda
+                lam = matched_lambda(spec, base.proj_dim, base.views, base.batch_size)
             out.append(Cell(name, _row_config(base, spec, lam, name), {"row": name, "lam": lam}))
         return out
     return cells
@@ -417,7 +420,7 @@ def _e3_cells(epochs: int, tune: str, rows=None, batch_size: int = 256) -> Calla
 # --- E2: Figures 2-3 -------------------------------------------------------------------------
 
 def _e2_cells(dims, slices, kinds, schedules, batch_size: int = 256) -> Callable:
-    def cells(results_dir=None):
+    def cells(results_dir=None, untuned=False):
         out = []
         for kind in kinds:
             for dim in dims:
@@ -446,7 +449,7 @@ E1_SLICES = (16, 64, 256, 1024)
 
 
 def _e1_cells(dims=(16, 128, 1024), draws: int = 10, rows: int = 256, encoder_epochs: int = 5) -> Callable:
-    def cells(results_dir=None):
+    def cells(results_dir=None, untuned=False):
         return [Cell(f"{source}-{kind}-d{dim}",
                      {"source": source, "kind": kind, "dim": dim, "slices": list(E1_SLICES), "draws": draws,
                       "rows": rows, "num_knots": 21, "kernel": "gaussian", "gamma": 0.5, "prior": "gaussian",
@@ -580,11 +583,15 @@ def _command(name: str, cell: str, seed: int) -> str:
     return f"python -m kerjepa.experiments {name} --cell {shlex.quote(cell)} --seeds {seed}"
 
 
-def plan(exp: Experiment, seeds=None, cells=None, results_dir=None) -> list:
-    """The runs of `exp` as ``(cell, seed, key, done)`` in the order the runner takes them."""
+def plan(exp: Experiment, seeds=None, cells=None, results_dir=None, untuned: bool = False) -> list:
+    """The runs of `exp` as ``(cell, seed, key, done)`` in the order the runner takes them.
+
+    ``untuned=True`` (dry runs) lists the rows of a tuned grid that have no selected lambda yet, at the
+    centre of their sweep.
+    """
     results_dir = Path(results_dir or RESULTS_DIR)
     seeds = tuple(exp.seeds if seeds is None else seeds)
-    grid = exp.cells(results_dir)
+    grid = exp.cells(results_dir, untuned=True) if untuned else exp.cells(results_dir)
     if cells:
         unknown = sorted(set(cells) - {c.name for c in grid})
         if unknown:
@@ -637,7 +644,7 @@ def run_experiment(exp: Experiment, seeds=None, cells=None, results_dir=None, pr
 
 
 def _dry_run(exp: Experiment, seeds, cells, results_dir) -> str:
-    runs = plan(exp, seeds, cells, results_dir)
+    runs = plan(exp, seeds, cells, results_dir, untuned=exp.requires is not None)
     lines = [f"{exp.name}: {exp.description}", f"{'cell':44s} {'seed':>4s} {'status':>8s} {'est. s':>8s}"]
     total_left = total = 0.0
     for cell, seed, _, done in runs:
