@@ -73,7 +73,7 @@ class ConfigError(ValueError):
 
 
 _CHOICES = {
-    "dataset": ("imagenette", "imagefolder", "digits"),
+    "dataset": ("imagenette", "imagefolder", "digits", "digits-holdout"),
     "imagenette_size": ("full", "320px", "160px"),
     "augment": ("lejepa", "digits", "none"),
     "reg_views": ("per_view", "pooled"),
@@ -100,7 +100,7 @@ class Config:
     max_steps: typing.Optional[int] = None  # stop after this many steps (the schedule still spans `epochs`)
 
     # data and views
-    dataset: str = "imagenette"       # imagenette | imagefolder | digits
+    dataset: str = "imagenette"       # imagenette | imagefolder | digits | digits-holdout (tuning split)
     data_root: str = "data/cache"     # imagenette: folder holding imagenette2-160/; imagefolder: folder with train/ and val/
     imagenette_size: str = "160px"    # full | 320px | 160px
     download: bool = False            # fetch ImageNette (needs internet)

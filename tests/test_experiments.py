@@ -1,0 +1,203 @@
+"""Experiment runner: rows appended once, re-runs skip them, torn lines repaired, dry runs, statistics."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kerjepa.training import data as kdata
+from kerjepa.training import experiments as E
+from kerjepa.training.config import get_preset
+
+
+def _tiny_cells(results_dir=None, untuned=False):
+    base = get_preset("digits-cpu").replace(
+        epochs=1, max_steps=2, batch_size=64, eval_batch_size=128, micro_width=16, micro_depth=1, micro_heads=2,
+        proj_hidden=32, proj_dim=8, eval_every=1, eval_init=False, ckpt_every=0, probe_steps=5, knn_k=3,
+        progress=False, tensorboard=False, warmup_epochs=0.0)
+    return [E.Cell("mmd", base.replace(lam=1.0).to_dict(), {"row": "mmd"}),
+            E.Cell("none", base.replace(lam=0.0).to_dict(), {"row": "none"})]
+
+
+def _fake_measure(calls):
+    def measure(cell, seed):
+        calls.append((cell.name, seed))
+        return {"linear_probe_acc": 0.5 + 0.1 * seed + (0.05 if cell.name == "mmd" else 0.0)}
+    return measure
+
+
+def _experiment(measure, cells=_tiny_cells, seeds=(0, 1)):
+    return E.Experiment("tiny", "a tiny grid", cells, seeds, measure, lambda cell: 1.0)
+
+
+def test_runner_trains_appends_and_skips(tmp_path):
+    exp = _experiment(E._train_measure, seeds=(0,))
+    assert E.run_experiment(exp, results_dir=tmp_path, progress=False) == 2
+    rows = E.read_rows(tmp_path / "tiny.jsonl")
+    assert [r["cell"] for r in rows] == ["mmd", "none"]
+    for r in rows:
+        assert r["config"]["seed"] == r["seed"] == 0
+        assert r["command"] == f"python -m kerjepa.experiments tiny --cell {r['cell']} --seeds 0"
+        assert set(r["machine"]) >= {"cpu", "torch_threads", "torch"}
+        assert r["wall_time_s"] > 0 and r["git_commit"]
+        m = r["metrics"]
+        assert 0 <= m["knn_acc"] <= 1 and 0 <= m["linear_probe_acc"] <= 1 and 0 <= m["online_probe_acc"] <= 1
+        assert m["steps"] == 2 and m["online_probe_curve"][-1][1] == m["online_probe_acc"]
+    # a second start finds every row and runs nothing
+    calls = []
+    assert E.run_experiment(_experiment(_fake_measure(calls), seeds=(0,)), results_dir=tmp_path, progress=False) == 0
+    assert calls == []
+
+
+def test_rerun_skips_done_rows_and_runs_new_seeds(tmp_path):
+    calls = []
+    exp = _experiment(_fake_measure(calls))
+    assert E.run_experiment(exp, seeds=(0,), results_dir=tmp_path, progress=False) == 2
+    assert E.run_experiment(exp, results_dir=tmp_path, progress=False) == 2       # only seed 1 is new
+    assert calls == [("mmd", 0), ("none", 0), ("mmd", 1), ("none", 1)]            # seed-major order
+    keys = [r["key"] for r in E.read_rows(tmp_path / "tiny.jsonl")]
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_torn_last_line_is_repaired_and_rerun(tmp_path):
+    calls = []
+    exp = _experiment(_fake_measure(calls))
+    E.run_experiment(exp, results_dir=tmp_path, progress=False)
+    path = tmp_path / "tiny.jsonl"
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:25])   # an append cut short
+    assert len(E.read_rows(path)) == 3
+    calls.clear()
+    assert E.run_experiment(exp, results_dir=tmp_path, progress=False) == 1
+    assert calls == [("none", 1)]
+    rows, before = E.read_rows(path), [json.loads(line) for line in lines]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_time_s", "finished_utc")}
+    assert [strip(r) for r in rows] == [strip(r) for r in before]            # same rows, same order
+    assert path.read_text().endswith("}\n")
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
+    with pytest.raises(E.ResultsError, match="line 2"):
+        E.repair(path)
+
+
+def test_unknown_cell_names_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown cell.*'mmd'"):
+        E.plan(_experiment(_fake_measure([])), cells=["mdm"], results_dir=tmp_path)
+
+
+def test_dry_run_prints_the_grid_and_an_estimate(tmp_path, capsys):
+    exp = _experiment(_fake_measure([]))
+    E.run_experiment(exp, seeds=(0,), results_dir=tmp_path, progress=False)
+    text = E._dry_run(exp, None, None, tmp_path)
+    assert text.count("done") >= 2 and text.count("pending") == 2
+    assert "4 runs, 2 done; estimated CPU time: 0.00 h in all" in text
+
+
+def test_cli_lists_and_dry_runs(capsys):
+    assert E.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("e1", "e2", "e2-small", "e3-tune", "e3", "e3-small-tune", "e3-small", "e3-mini-tune", "e3-mini"):
+        assert f"\n{name} " in "\n" + out
+    with pytest.raises(SystemExit):
+        E.main(["e9"])
+
+
+def test_holdout_split_is_disjoint_from_validation():
+    cfg = get_preset("digits-cpu")
+    train, val, _, _ = kdata.build_datasets(cfg)
+    h_train, h_val, _, _ = kdata.build_datasets(cfg.replace(dataset="digits-holdout"))
+    assert (len(h_train), len(h_val)) == (1149, 288)
+    key = lambda ds: {tuple(ds[i][0].flatten().tolist()) + (ds[i][1],) for i in range(len(ds))}
+    train_set, val_set = key(train), key(val)
+    assert key(h_train) | key(h_val) <= train_set
+    assert not (key(h_train) | key(h_val)) & val_set
+    assert not key(h_train) & key(h_val)
+
+
+def test_matched_lambda_matches_gradients():
+    spec = {"kind": "mmd", "scale": "lejepa"}
+    lam = E.matched_lambda(spec, dim=8, batch_size=64, scales=(1.0,))
+    ref = E.lambda_from_lejepa(E.LEJEPA_LAMBDA, 4, 8)
+    g = torch.randn(4, 64, 8, generator=torch.Generator().manual_seed(0))
+    norms = []
+    for module in (E.regularizer("epps_pulley", slices=1024, n_points=21), E.regularizer(**spec)):
+        z = g.clone().requires_grad_(True)
+        norms.append(float(torch.autograd.grad(module(z), z)[0].norm()))
+    assert lam * norms[1] == pytest.approx(ref * norms[0], rel=5e-3)   # 3 significant digits
+
+
+def test_statistics_against_hand_values():
+    m, se, n = E.mean_se([1.0, 2.0, 4.0])
+    assert (m, n) == (7 / 3, 3) and se == pytest.approx(math.sqrt((16 / 9 + 1 / 9 + 25 / 9) / 2 / 3))
+    d = E.paired_difference({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.8, 1: 0.8, 2: 0.8})
+    assert d["diff"] == pytest.approx(0.05) and d["n"] == 3
+    assert d["lo"] == pytest.approx(0.05 - 4.302653 * d["se"], rel=1e-5)
+    tune = [{"info": {"row": "a", "factor": f}, "config": {"lam": lam}, "metrics": {"linear_probe_acc": acc}}
+            for f, lam, acc in ((0.5, 1.0, 0.7), (1, 2.0, 0.9), (2, 4.0, 0.9))]
+    assert E.select_lambda(tune)["a"]["lam"] == 2.0                  # ties go to the smaller lambda
+    assert E.loglog_slope([1, 4, 16], [1, 0.5, 0.25]) == pytest.approx(-0.5)
+
+
+def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
+    calls = []
+
+    def tune_cells(results_dir=None, untuned=False):
+        return [E.Cell(f"{row}@x{f:g}", {"row": row, "lam": f}, {"row": row, "factor": f})
+                for row in ("a", "b") for f in (1.0, 2.0)]
+
+    def cells(results_dir=None, untuned=False):
+        chosen = E.select_lambda(E.read_rows(tmp_path / "t-tune.jsonl"))
+        return [E.Cell(row, {"row": row, "lam": c["lam"]}, {"row": row}) for row, c in chosen.items()]
+
+    def measure(cell, seed):
+        calls.append((cell.name, seed))
+        return {"linear_probe_acc": cell.config["lam"] * (1 if cell.config["row"] == "a" else -1)}
+
+    tune = E.Experiment("t-tune", "", tune_cells, (0,), measure, lambda c: 1.0)
+    main = E.Experiment("t", "", cells, (0, 1), measure, lambda c: 1.0, requires="t-tune")
+    monkeypatch.setitem(E.EXPERIMENTS, "t-tune", tune)
+    assert E.run_tuned(main, results_dir=tmp_path, progress=False) == 8
+    assert calls == [("a@x1", 0), ("a@x2", 0), ("a", 0), ("b@x1", 0), ("b@x2", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert {r["cell"]: r["config"]["lam"] for r in E.read_rows(tmp_path / "t.jsonl")} == {"a": 2.0, "b": 1.0}
+
+
+def _glued(path):
+    """Glue values (text/markdown) of an executed notebook, by key."""
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                data = o["data"]
+                out[name] = next(v for k, v in data.items() if k.endswith("text/markdown"))
+    return out
+
+
+def test_chapter_shows_the_recorded_numbers():
+    from pathlib import Path
+    values = E.chapter_values()
+    glued = _glued(Path(__file__).resolve().parents[1] / "book" / "08_reproduction.ipynb")
+    assert glued == values
+    # independently of the chapter's helpers: E1 slopes and E3 means straight from the JSON lines
+    results = E.load_results()
+    for r in results.get("e1", []):
+        errs = r["metrics"]["relative_error"]
+        ks = sorted(int(k) for k in errs)
+        means = [sum(errs[str(k)]) / len(errs[str(k)]) for k in ks]
+        c = r["config"]
+        slope = float(np.polyfit(np.log(ks), np.log(means), 1)[0])
+        assert values[f"e1_slope_{c['source']}_{c['kind']}_d{c['dim']}"] == f"{slope:.2f}"
+    e3 = E.e3_rows_of(results)
+    for cell in {r["cell"] for r in e3}:
+        accs = [r["metrics"]["linear_probe_acc"] for r in e3 if r["cell"] == cell]
+        assert values[f"e3_{cell}_linear"].startswith(f"{100 * float(np.mean(accs)):.1f}")
+        assert values[f"e3_{cell}_n"] == str(len(accs))
