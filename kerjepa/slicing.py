@@ -48,7 +48,7 @@ def gauss_hermite(num_knots: int, gamma: float) -> tuple[torch.Tensor, torch.Ten
     :math:`\rho_\gamma` is the spectral density of the 1-D Gaussian kernel
     :math:`e^{-\gamma u^2}`, i.e. the :math:`\mathcal N(0, 2\gamma)` density (paper eq. 18), so
     :math:`t_q = 2\sqrt\gamma\,x_q` and :math:`w_q = w^{GH}_q/\sqrt\pi` from the physicists'
-    Gauss–Hermite rule (DIGEST §3.2). The rule is exact for polynomials of degree
+    Gauss–Hermite rule. The rule is exact for polynomials of degree
     :math:`< 2U` and uses both signs of :math:`t` (no symmetry assumption).
 
     Returns:

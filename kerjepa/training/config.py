@@ -18,7 +18,7 @@ Presets:
 * ``digits-cpu``: scikit-learn digits and a micro-ViT; a few minutes on a laptop CPU.
 * ``smoke``: a few steps on ImageNette with a tiny ViT (used by the tests).
 
-The paper does not report lambda or the kernel bandwidths (DIGEST, "Not found"). The values here
+The paper does not report lambda or the kernel bandwidths. The values here
 are ours. The MMD-family rows use LeJEPA's scale of the statistic (``epps_pulley`` is LeJEPA's
 SIGReg; the MMDs use ``scale="lejepa"``, N*sqrt(2*pi)*MMD^2), with lambda transferred from LeJEPA's
 recommended 0.02 to the paper's loss: eq. 16 sums squared distances over the D coordinates and
@@ -352,7 +352,7 @@ def _fig_grid(kind: str, fig: str) -> dict:
 
 def _others() -> dict:
     return {
-        # LeJEPA's MINIMAL.md recipe, with its own loss (DIGEST §7.2) but a relative final lr.
+        # LeJEPA's MINIMAL.md recipe, with its own loss but a relative final lr.
         "lejepa/minimal": Config(preset="lejepa/minimal", lam=0.02, weighting="lejepa", alignment="center_mse",
                                  proj_dim=16, lr=2e-3,
                                  reg={"kind": "epps_pulley", "slices": 256, "n_points": 17}),
