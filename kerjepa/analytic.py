@@ -2,14 +2,14 @@ r"""Analytic (infinite) slicing: the sliced MMD and KSD averaged over *all* dire
 
 For the Gaussian kernel :math:`e^{-\gamma(u-v)^2}` on 1-D projections and the prior
 :math:`\mathcal N(0, \sigma^2 I_D)`, the average over :math:`\xi\sim U(S^{D-1})` of the sliced
-discrepancies is an unsliced pairwise statistic (paper Theorems 7-9, DIGEST §4-5.6). With
+discrepancies is an unsliced pairwise statistic (paper Theorems 7-9). With
 :math:`A(c) = {}_1F_1(\tfrac12; \tfrac D2; -c)` and :math:`B(c) = {}_1F_1(\tfrac32; \tfrac D2 + 1; -c)`,
 computed exactly by :mod:`kerjepa.special`:
 
 * **MMD (Theorems 7-8, eq. 12).** Pair term :math:`\kappa_D(x, y) = A(\gamma\|x-y\|^2)`, cross term
   :math:`(1+2\gamma\sigma^2)^{-1/2} A\big(\gamma\|x\|^2/(1+2\gamma\sigma^2)\big)`, constant
   :math:`C = (1+4\gamma\sigma^2)^{-1/2}`.
-* **KSD (Theorem 9, with the sign of its last term corrected to minus, DIGEST §5.6).** For
+* **KSD (Theorem 9, with the sign of its last term corrected to minus).** For
   :math:`\delta = x - x'`, :math:`r^2 = \|\delta\|^2`, :math:`\eta = \delta/r`, :math:`p = \eta^\top x`,
   :math:`p' = \eta^\top x'`, :math:`q = x^\top x' - pp'` and :math:`c = \gamma r^2`,
 
@@ -30,11 +30,11 @@ computed exactly by :mod:`kerjepa.special`:
   in which :math:`pp' = (\delta^\top x)(\delta^\top x')/r^2` no longer divides by :math:`r^2`:
   :math:`(A - B)/c \to 2(D-1)/(D(D+2))` as :math:`c\to0` (a short Taylor series is used for
   :math:`c < 0.05`). At :math:`x = x'` it gives :math:`2\gamma + \|x\|^2/(D\sigma^4)`, which is
-  :math:`\mathbb E_\xi` of the 1-D Stein kernel (DIGEST eq. 29) at :math:`u = v = \xi^\top x`: the
+  :math:`\mathbb E_\xi` of the 1-D Stein kernel (paper eq. 29) at :math:`u = v = \xi^\top x`: the
   V-statistic's diagonal and duplicated rows take this limit. For D = 1 the terms in
   :math:`1/(D-1)` vanish (there is no orthogonal complement) and :math:`h` is the 1-D Stein kernel.
 
-Approximations (``approx=``), for reproducing the paper's Table 1 (DIGEST §4.3):
+Approximations (``approx=``), for reproducing the paper's Table 1 (paper eq. 13):
 
 * ``"imq"``: :math:`A \approx (1 + 4c/(2D-3))^{-1/2}` (paper eq. 13; :math:`D \ge 2`) in every
   :math:`A`. In the KSD, :math:`B = -D\,dA/dc` is approximated by differentiating the same IMQ,
@@ -343,7 +343,7 @@ def analytic_sliced_ksd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
     :math:`\operatorname{mean}_{i,j} h(z_i, z_j)` over :math:`i \ne j` (``"u"``, paper eq. 15) or all
     pairs (``"v"``, the limit of the finite-slice V-statistic of
     :func:`kerjepa.functional.sliced_ksd2`), with the pair term :math:`h` of the module docstring:
-    Theorem 9 with its last term *subtracted* (the paper prints "+", DIGEST §5.6, §11.1).
+    Theorem 9 with its last term *subtracted* (the paper prints "+" in Theorem 9 and eq. 15).
 
     Args:
         z: embeddings (N, D), or (V, N, D) (each view separately, then averaged).
@@ -372,7 +372,7 @@ def analytic_sliced_ksd2(z: torch.Tensor, kernel, prior, estimator: str = "v", a
     inv_s4 = 1.0 / prior.sigma ** 4
     quad = 2.0 * gamma / prior.sigma ** 2 + 4.0 * gamma * gamma
 
-    if dim == 1:  # the 1-D Stein kernel (DIGEST eq. 29): xi = +-1
+    if dim == 1:  # the 1-D Stein kernel (paper eq. 29): xi = +-1
         def stein_1d(xa, xb, fa, fb, dot, r2):
             return (2.0 * gamma + dot * inv_s4 - quad * r2) * torch.exp(-gamma * r2)
 

@@ -2,7 +2,7 @@ r"""Radial base kernels :math:`k(x, y) = \varphi(\|x - y\|^2)`.
 
 Both kernels are written as a function :math:`\varphi` of the squared distance
 :math:`r^2 = \|x - y\|^2`, with its first two derivatives in :math:`r^2`; the Stein kernels of
-:mod:`kerjepa.ksd` need exactly these (DIGEST §5.3).
+:mod:`kerjepa.ksd` need exactly these (paper Table 3).
 
 Bandwidths follow the paper: ``gamma`` multiplies :math:`r^2` in the Gaussian kernel, ``alpha``
 in the IMQ kernel (so a *small* value means a *wide* kernel). Each accepts

@@ -11,7 +11,7 @@ Stein kernel
                 + \nabla_x k(x, y)^\top s(y) + \operatorname{tr}\nabla_x\nabla_y^\top k(x, y),
 
 whose mean over pairs of the batch is :math:`\mathrm{KSD}^2`. For a radial kernel
-:math:`k = \varphi(r^2)`, :math:`r^2 = \|x - y\|^2`, this is (DIGEST §5.3)
+:math:`k = \varphi(r^2)`, :math:`r^2 = \|x - y\|^2`, this is (paper eqs. 9-10 with Table 3)
 
 .. math::
 
@@ -25,7 +25,7 @@ with :math:`\varphi, \varphi', \varphi''` evaluated at :math:`r^2`. Every term i
 The IMQ trace term here is the corrected one,
 :math:`\operatorname{tr}\nabla_x\nabla_y^\top k = 2\alpha\beta D(1+\alpha r^2)^{-\beta-1}
 - 4\alpha^2\beta(\beta+1)r^2(1+\alpha r^2)^{-\beta-2}`; the paper's Table 3 prints only the
-second term, with the opposite sign (DIGEST §11, erratum 2).
+second term, with the opposite sign (see the book's errata table).
 
 Functions:
 
@@ -165,7 +165,7 @@ def stein_kernel(x: torch.Tensor, y: torch.Tensor | None, kernel, prior) -> torc
     the expansion of :math:`s(x)^\top s(y)k + s(x)^\top\nabla_y k + \nabla_x k^\top s(y)
     + \operatorname{tr}\nabla_x\nabla_y^\top k` for :math:`k = \varphi(\|x-y\|^2)`, with
     :math:`s` the prior's score (paper Table 2) and the kernel derivatives of Table 3 (IMQ trace
-    corrected, DIGEST §5.2). Computed from Gram matrices only: memory :math:`O(NM + (N+M)D)`.
+    corrected). Computed from Gram matrices only: memory :math:`O(NM + (N+M)D)`.
 
     Args:
         x: (N, D) rows.
@@ -369,8 +369,8 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
 
     with the bar the mean over the N rows, :math:`\rho_\gamma = \mathcal N(0, 2\gamma)` and
     Gauss–Hermite knots :math:`t_q = 2\sqrt\gamma x_q` (:func:`kerjepa.slicing.gauss_hermite`).
-    This is the computation the paper's Figure 1 intends (its printed shapes cannot broadcast,
-    DIGEST §3.3); real and imaginary parts are both kept. The exact integral is the V-statistic of
+    This is the computation the paper's Figure 1 intends (its printed shapes cannot
+    broadcast); real and imaginary parts are both kept. The exact integral is the V-statistic of
     the 1-D Stein kernel of the projections. ``estimator="u"`` removes the :math:`i = j` terms,
     :math:`\sum_q w_q(s_i^2 + t_q^2)` each, and rescales by :math:`N/(N-1)`: the U-statistic of the
     same 1-D Stein kernel, to quadrature accuracy. The result is averaged over the K slices.

@@ -1,4 +1,4 @@
-r"""Maximum mean discrepancy regularizers (paper §3.1–3.2, App. C; DIGEST §2–3, §9).
+r"""Maximum mean discrepancy regularizers (paper §3.1–3.2, App. C, Prop. 1).
 
 Three estimators of :math:`\mathrm{MMD}^2_k(\hat P_N, Q)` between the batch and a prior:
 
@@ -32,7 +32,7 @@ NUM_MIXTURE_NODES = 256
 # --------------------------------------------------------------------------------------------
 def _gaussian_prior_log_terms(gamma: torch.Tensor | float, sq_norm: torch.Tensor, dim: int, sigma: float):
     r"""log of :math:`\mathbb E_{Y\sim\mathcal N(0,\sigma^2I_D)} e^{-\gamma\|x-Y\|^2}
-    = (1+2\gamma\sigma^2)^{-D/2}\exp(-\gamma\|x\|^2/(1+2\gamma\sigma^2))` (DIGEST §2, eq. 23)."""
+    = (1+2\gamma\sigma^2)^{-D/2}\exp(-\gamma\|x\|^2/(1+2\gamma\sigma^2))` (paper eq. 23)."""
     s = 1.0 + 2.0 * gamma * sigma ** 2
     log_s = torch.log(s) if isinstance(s, torch.Tensor) else math.log(s)
     return -0.5 * dim * log_s - gamma * sq_norm / s
@@ -262,7 +262,7 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
     Finite slicing (``num_slices=K``): project on K unit directions :math:`\theta_k` and
     integrate the squared distance of characteristic functions against the kernel's spectral
     density :math:`\mathcal N(0, 2\gamma)` with U Gauss–Hermite knots
-    :math:`t_q = 2\sqrt\gamma\,x_q` (DIGEST §3.2):
+    :math:`t_q = 2\sqrt\gamma\,x_q` (paper Fig. 1):
 
     .. math::
         \frac1K\sum_k\sum_q w_q\Big|\frac1N\sum_i e^{\mathrm i t_q\theta_k^\top z_i}
@@ -356,9 +356,9 @@ def epps_pulley(z: torch.Tensor, num_slices: int = 1024, t_max: float = 3.0, n_p
     For each slice, the trapezoid rule on :math:`t\in[0, t_{max}]` with ``n_points`` points,
     doubled to cover :math:`t<0`, of
     :math:`N\big[(\overline{\cos tp} - e^{-t^2/2})^2 + \overline{\sin tp}^{\,2}\big]e^{-t^2/2}`,
-    averaged over slices (DIGEST §9.2). Up to that quadrature error (about 1e-3 relative for
+    averaged over slices (LeJEPA's SIGReg). Up to that quadrature error (about 1e-3 relative for
     the default grid) it equals :math:`N\sqrt{2\pi}` times :func:`sliced_mmd2` with
-    :math:`\gamma = 1/2` and a standard Gaussian prior (DIGEST §9.3).
+    :math:`\gamma = 1/2` and a standard Gaussian prior (paper Prop. 1).
 
     Args:
         z: embeddings (N, D), or (V, N, D) (per view, averaged).

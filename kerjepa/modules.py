@@ -12,8 +12,8 @@ device memory: set it through ``load_state_dict``, not by writing to the buffer.
 
 Scale: ``scale="kerjepa"`` (default) returns the discrepancy itself (MMD² or KSD²), as the
 KerJEPA paper regularizes; ``scale="lejepa"`` multiplies by :math:`N\sqrt{2\pi}` (N = rows per
-view), the scale of LeJEPA's Epps–Pulley statistic, so LeJEPA's published λ (0.02–0.05)
-transfers to the Gaussian-kernel MMDs at :math:`\gamma = 1/2` (DIGEST §9.3).
+view), the scale of LeJEPA's Epps–Pulley statistic (paper Prop. 1); LeJEPA's λ maps onto KerJEPA's
+loss through :func:`kerjepa.calibration.lambda_from_lejepa`.
 
 Distributed: under an initialised :mod:`torch.distributed` process group each rank passes
 its shard of the global batch and every module returns the statistic of the *global* batch

@@ -11,7 +11,7 @@ Every prior carries what the estimators need of it:
 The :class:`Laplace` prior is the *multivariate* one of Table 2, density
 :math:`\propto e^{-\|x\|/\sigma}`: its radius is :math:`\mathrm{Gamma}(D, \sigma)` and its
 direction uniform, so its 1-D marginals have CF :math:`(1+\sigma^2t^2)^{-(D+1)/2}`, not the 1-D
-Laplace CF :math:`1/(1+\sigma^2t^2)` that the paper's Figure 1 uses (DIGEST §3.3, caveat 2).
+Laplace CF :math:`1/(1+\sigma^2t^2)` that the paper's Figure 1 uses (see the book's errata table).
 """
 from __future__ import annotations
 

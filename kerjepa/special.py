@@ -1,6 +1,6 @@
 r"""Kummer's confluent hypergeometric function :math:`{}_1F_1(a; b; z)` for :math:`z \le 0`, in torch.
 
-Analytic slicing (paper Theorems 7-9, DIGEST §4-5.6) replaces the average of a 1-D Gaussian
+Analytic slicing (paper Theorems 7-9) replaces the average of a 1-D Gaussian
 kernel over all slice directions by
 
 .. math::

@@ -3,8 +3,8 @@
 * float64 double loops over pairs with mpmath's 1F1 and Theorem 9 written as in the paper
   (eta, p, p' formed explicitly), with the corrected sign;
 * Monte Carlo over 2e5 slice directions of the closed-form 1-D V-statistics (the 1-D MMD against
-  N(0, sigma^2), and the 1-D Stein kernel of DIGEST eq. 29);
-* the paper's printed "+" in Theorem 9 (DIGEST §11.1), which the Monte Carlo rejects.
+  N(0, sigma^2), and the 1-D Stein kernel of the paper's eq. 29);
+* the paper's printed "+" in Theorem 9 and eq. 15, which the Monte Carlo rejects.
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def slice_statistics(z, gamma, sigma, num_slices=200_000, seed=7):
            - 2 * (torch.exp(-gamma * u ** 2 / sh) / math.sqrt(sh)).mean(0)
            + (1 + 4 * gamma * sigma ** 2) ** -0.5)
     stein = ((u[:, None] * u[None, :]) / sigma ** 4 - (2 * gamma / sigma ** 2 + 4 * gamma ** 2) * d2
-             + 2 * gamma) * torch.exp(-gamma * d2)       # DIGEST eq. 29
+             + 2 * gamma) * torch.exp(-gamma * d2)       # paper eq. 29
     return mmd, stein.mean((0, 1))
 
 
@@ -143,7 +143,7 @@ def test_ksd_matches_monte_carlo(mc_case):
 
 
 def test_ksd_printed_plus_sign_is_wrong(mc_case):
-    """Erratum DIGEST §11.1: Theorem 9 / eq. 15 print '+' before the last term; Monte Carlo rejects it."""
+    """Erratum: Theorem 9 / eq. 15 print '+' before the last term; Monte Carlo rejects it."""
     z, _, ksd = mc_case
     printed = ref_ksd2(z, GAMMA, SIGMA, "v", sign=+1.0)
     corrected = ref_ksd2(z, GAMMA, SIGMA, "v", sign=-1.0)
@@ -172,7 +172,7 @@ def test_diagonal_limit():
 
 
 # ----------------------------------------------------------------------------------------------
-# approximations (DIGEST §4.3)
+# approximations (paper eq. 13)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dim,max_err", [(20, 0.008), (128, 0.001), (1024, 1e-4)])
 def test_mmd_imq_approximation_error(dim, max_err):
@@ -182,7 +182,7 @@ def test_mmd_imq_approximation_error(dim, max_err):
     exact = analytic_sliced_mmd2(z, k, q)
     approx = analytic_sliced_mmd2(z, k, q, approx="imq")
     assert abs(float(approx) - float(exact)) <= 3 * max_err
-    # the eq. 13 form written out (DIGEST §4.3), as a V-statistic
+    # the eq. 13 form written out (paper eq. 13), as a V-statistic
     alpha, sh = 4.0 / (2 * dim - 3), 3.0
     r2 = torch.cdist(z, z) ** 2
     written = ((1 + alpha * r2) ** -0.5).mean() - 2 / math.sqrt(sh) * (

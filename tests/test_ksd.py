@@ -160,7 +160,7 @@ def test_vectorised_reference_agrees_with_loop():
 
 
 def test_gaussian_gaussian_closed_form():
-    """DIGEST §5.3: k_Q = e^{-g r^2}[x.y/s^4 - 2 g r^2/s^2 + 2 g D - 4 g^2 r^2]."""
+    """Paper eqs. 9-10 with Table 3: k_Q = e^{-g r^2}[x.y/s^4 - 2 g r^2/s^2 + 2 g D - 4 g^2 r^2]."""
     g, s, d = 0.3, 1.4, 6
     x, y = sample_z(5, d, 1), sample_z(7, d, 2)
     r2 = ((x[:, None] - y[None]) ** 2).sum(-1)

@@ -276,7 +276,7 @@ def test_epps_pulley_matches_reference(gen, dtype):
 
 
 def test_epps_pulley_is_scaled_sliced_mmd(gen):
-    """EP = N sqrt(2 pi) MMD^2_V(gamma = 1/2) up to the trapezoid rule's error (DIGEST §9.3)."""
+    """EP = N sqrt(2 pi) MMD^2_V(gamma = 1/2) up to the trapezoid rule's error (paper Prop. 1)."""
     z = torch.randn(128, 10, generator=gen, dtype=torch.float64) * 1.3 + 0.2
     dirs = torch.randn(8, 10, generator=gen, dtype=torch.float64)
     mmd = F.sliced_mmd2(z, kernels.Gaussian(0.5), priors.Gaussian(), num_knots=64, directions=dirs)

@@ -1,7 +1,7 @@
 """Static checks on the book's chapters (fast; no execution).
 
 Every ``book/NN_*.ipynb`` chapter must be valid nbformat JSON, committed **without outputs or
-execution counts**, and follow the chapter skeleton of STYLE.md: a ``(label)=`` target before
+execution counts**, and follow the house chapter skeleton: a ``(label)=`` target before
 the title, "What you'll learn", Summary, Exercises with solutions in dropdowns. Widgets sit
 under a static figure and their cells are tagged ``nbval-ignore-output``. Executing the chapters
 is the job of nbval and of the book build.

@@ -67,7 +67,7 @@ def test_closed_forms():
 
 
 def test_tail_asymptote():
-    """1F1(1/2; D/2; -c) ~ Gamma(D/2) / Gamma((D-1)/2) c^(-1/2) (DIGEST §4.1, erratum 5)."""
+    """1F1(1/2; D/2; -c) ~ Gamma(D/2) / Gamma((D-1)/2) c^(-1/2) (paper, after Theorem 7; the paper drops Gamma(D/2))."""
     c = torch.tensor([1e12, 1e15], dtype=F64)
     for dim in (2, 16, 1024):
         const = math.exp(math.lgamma(dim / 2) - math.lgamma((dim - 1) / 2))

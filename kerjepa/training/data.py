@@ -11,7 +11,7 @@ Three sources (``Config.dataset``):
   train, the other 288 evaluate, and the 360 validation images are never read. Hyperparameters
   chosen on it leave the reported validation accuracy unbiased.
 
-Views follow LeJEPA's minimal ImageNette example (DIGEST §7.2): every one of the V views gets the
+Views follow LeJEPA's minimal ImageNette example (its MINIMAL.md): every one of the V views gets the
 same random augmentation pipeline. Augmentation randomness is a pure function of
 ``(seed, epoch, image index)``, so a batch is the same whatever the rank, the number of DataLoader
 workers, or whether the run was resumed; the model's own randomness (drop-path) uses the global
@@ -163,7 +163,7 @@ def undecodable_message(errors: list, scanned: int) -> str:
 def view_transform(cfg, local: bool = False):
     """The random augmentation applied independently to each view (torchvision transforms v2).
 
-    ``augment="lejepa"`` is LeJEPA's minimal ImageNette pipeline (DIGEST §7.2): RandomResizedCrop
+    ``augment="lejepa"`` is LeJEPA's minimal ImageNette pipeline: RandomResizedCrop
     (scale (crop_scale_min, 1)), colour jitter (0.8, 0.8, 0.8, 0.2) w.p. 0.8, grayscale w.p. 0.2,
     Gaussian blur (7, sigma 0.1-2) w.p. 0.5, solarize w.p. 0.2, horizontal flip, ImageNet
     normalisation. ``augment="digits"`` is a mild version for small grayscale digits: crops of at

@@ -12,7 +12,7 @@ Run it as::
 
 or from Python (the book does): ``result = kerjepa.training.train(cfg, out="runs/x")``.
 
-The loss is the paper's eq. 16-17 (DIGEST §1): the mean over images and over all V(V-1)/2 pairs of
+The loss is the paper's eq. 16-17: the mean over images and over all V(V-1)/2 pairs of
 views of ||z_i - z_j||^2, plus lambda * Omega(Z; Q), where Omega is any ``kerjepa.regularizer(**cfg.reg)``
 applied to each view's (N, D) batch and averaged over views (LeJEPA's way, the default) or to all
 V*N embeddings pooled (``reg_views="pooled"``). ``weighting="lejepa"`` and ``alignment="center_mse"``
