@@ -200,8 +200,13 @@ def browser():
     dt.close()
 
 
-def render(dt: DevTools, path: Path) -> tuple[dict, list[str], list[str]]:
-    """Load ``path``; return (page report, console errors, network URLs that left the machine)."""
+def open_page(dt: DevTools, path: Path) -> tuple[str, str, list[dict]]:
+    """Open ``path`` in a new tab and wait for its load event.
+
+    Returns:
+        ``(target_id, session_id, events)``: the tab, its DevTools session (with the Page,
+        Runtime, Log and Network domains enabled) and the events received so far.
+    """
     target = dt.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = dt.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     dt.events()
@@ -210,8 +215,6 @@ def render(dt: DevTools, path: Path) -> tuple[dict, list[str], list[str]]:
     dt.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900,
             "deviceScaleFactor": 1, "mobile": False}, session=session)
     dt.send("Page.navigate", {"url": path.as_uri()}, session=session)
-    errors: list[str] = []
-    remote: list[str] = []
     events: list[dict] = []
     deadline = time.monotonic() + PAGE_TIMEOUT_S
     loaded = False
@@ -222,12 +225,26 @@ def render(dt: DevTools, path: Path) -> tuple[dict, list[str], list[str]]:
         loaded = any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session
                      for e in new)
     assert loaded, f"{path.name}: load event not fired within {PAGE_TIMEOUT_S} s"
-    result = dt.send("Runtime.evaluate", {"expression": PAGE_REPORT_JS, "awaitPromise": True,
-                                          "returnByValue": True}, session=session, timeout=PAGE_TIMEOUT_S)
+    return target, session, events
+
+
+def evaluate(dt: DevTools, session: str, expression: str):
+    """The JSON value of ``expression`` evaluated in the page (promises are awaited)."""
+    result = dt.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                          "returnByValue": True}, session=session,
+                     timeout=PAGE_TIMEOUT_S)
     assert "exceptionDetails" not in result, result
-    report = result["result"]["value"]
-    time.sleep(0.3)
-    events += dt.events()
+    return result["result"].get("value")
+
+
+def close_page(dt: DevTools, target: str) -> None:
+    dt.send("Target.closeTarget", {"targetId": target})
+
+
+def page_errors(events: list[dict], session: str) -> tuple[list[str], list[str]]:
+    """Console errors and exceptions, and URLs requested off the machine, in ``events``."""
+    errors: list[str] = []
+    remote: list[str] = []
     for e in events:
         if e.get("sessionId") != session:
             continue
@@ -246,7 +263,17 @@ def render(dt: DevTools, path: Path) -> tuple[dict, list[str], list[str]]:
                 remote.append(url)
         elif m == "Network.loadingFailed":
             errors.append(f"network: {p.get('errorText')} ({p.get('type')})")
-    dt.send("Target.closeTarget", {"targetId": target})
+    return errors, remote
+
+
+def render(dt: DevTools, path: Path) -> tuple[dict, list[str], list[str]]:
+    """Load ``path``; return (page report, console errors, network URLs that left the machine)."""
+    target, session, events = open_page(dt, path)
+    report = evaluate(dt, session, PAGE_REPORT_JS)
+    time.sleep(0.3)
+    events += dt.events()
+    errors, remote = page_errors(events, session)
+    close_page(dt, target)
     return report, errors, remote
 
 
