@@ -175,7 +175,8 @@ class Config:
         for name, value in self.to_dict().items():
             _check_type(name, value, _HINTS[name])
         for name in _FLOAT_FIELDS:  # training runs in float32: an infinity, a NaN or 1e39 cannot take part
-            values = getattr(self, name) if isinstance(getattr(self, name), tuple) else (getattr(self, name),)
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else () if value is None else (value,)  # None: an unset option
             if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in values):
                 raise ConfigError(f"{name} must be a finite number (within float32 range), got {getattr(self, name)!r}")
         for name, options in _CHOICES.items():
