@@ -95,3 +95,10 @@ def plot_curves(x, curves: dict, ax=None, xlabel: str = "", ylabel: str = "",
     if len(curves) > 1:
         ax.legend()
     return fig, ax
+
+
+def _np(a):
+    """A NumPy view of a tensor or array-like (detached, on the CPU)."""
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return a
