@@ -28,7 +28,7 @@ import torch
 from . import _checks
 
 __all__ = ["Kernel", "Gaussian", "IMQ", "sqdist", "median_heuristic", "get", "check_kernel",
-           "power_of_two_scale", "scaled_sqdist_and_dot"]
+           "power_of_two_scale", "scaled_sqdist"]
 
 
 def power_of_two_scale(*tensors: torch.Tensor) -> torch.Tensor:
@@ -45,15 +45,14 @@ def power_of_two_scale(*tensors: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(top), torch.ldexp(torch.ones_like(top), exponent), torch.ones_like(top))
 
 
-def scaled_sqdist_and_dot(x: torch.Tensor, y: torch.Tensor):
-    r"""``(r2, dot)``: :math:`\|x_i - y_j\|^2` (clamped at 0) and :math:`x_i^\top y_j`, (N, M), without
-    intermediate overflow (see :func:`power_of_two_scale`); bit-identical to the direct formulas
-    whenever those do not overflow."""
+def scaled_sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`\|x_i - y_j\|^2` (N, M), clamped at 0, without intermediate overflow (see
+    :func:`power_of_two_scale`): equal to the direct formula to round-off whenever that does not
+    overflow, and ``inf`` (never ``nan``) where the distance exceeds the dtype's range."""
     s = power_of_two_scale(x, y)
     xs, ys = x / s, y / s
-    dot = xs @ ys.T
-    r2 = ((xs * xs).sum(-1)[:, None] + (ys * ys).sum(-1)[None, :] - 2.0 * dot).clamp_min(0.0)
-    return r2 * s * s, dot * s * s
+    norms = (xs * xs).sum(-1)[:, None] + (ys * ys).sum(-1)[None, :]
+    return torch.addmm(norms, xs, ys.T, alpha=-2.0).clamp_min_(0.0) * s * s
 
 
 def sqdist(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,7 +70,7 @@ def sqdist(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """
     same = y is None
     y = x if same else y
-    r2, _ = scaled_sqdist_and_dot(x, y)
+    r2 = scaled_sqdist(x, y)
     if same:
         r2 = r2.masked_fill(torch.eye(r2.shape[0], dtype=torch.bool, device=r2.device), 0.0)
     return r2

@@ -10,11 +10,11 @@ Every unsliced and analytically sliced statistic is a double sum of a *pair func
 The pair function must be finite (with finite gradients) at ``r2 == 0`` even when it is excluded,
 because autograd multiplies by the mask rather than skipping the entry.
 
-A pair function with the attribute ``overflow_safe = True`` gets ``dot`` and ``r2`` computed from
-rows scaled by a power of two (:func:`kerjepa.kernels.scaled_sqdist_and_dot`, float32 only):
-the same numbers, but squared distances beyond the float32 range come out as ``inf``, not
-``inf - inf = nan``. It costs a few element-wise passes over each block, so only the estimators
-whose pair term stays finite at ``r2 = inf`` (the MMDs: the kernel is 0 there) ask for it.
+A pair function of ``r2`` alone may set the attribute ``overflow_safe = True``: for float32 rows
+it then gets ``dot=None`` and ``r2`` computed from rows scaled by a power of two
+(:func:`kerjepa.kernels.scaled_sqdist`): the same numbers to round-off, but squared distances
+beyond the float32 range come out as ``inf``, not ``inf - inf = nan``. The MMDs ask for it (their
+kernel is 0 at ``r2 = inf``).
 
 Backends:
 
@@ -50,7 +50,7 @@ import contextvars
 import torch
 
 from . import _checks
-from .kernels import scaled_sqdist_and_dot
+from .kernels import scaled_sqdist
 
 __all__ = ["pair_sum", "pair_mean", "row_shard", "BACKENDS", "DENSE_MAX_ROWS", "DEFAULT_BLOCK"]
 
@@ -68,7 +68,7 @@ def _block(pair_fn, x, feats, i0, i1, j0, j1, exclude_diagonal, xa=None, fa=None
     fa = tuple(f[i0:i1] for f in feats) if fa is None else fa
     fb = tuple(f[j0:j1] for f in feats) if fb is None else fb
     if getattr(pair_fn, "overflow_safe", False) and x.dtype == torch.float32:
-        r2, dot = scaled_sqdist_and_dot(xa, xb)  # no inf - inf where |x|^2 exceeds the float32 range
+        dot, r2 = None, scaled_sqdist(xa, xb)  # no inf - inf where |x|^2 exceeds the float32 range
     else:
         dot = xa @ xb.T
         r2 = ((xa * xa).sum(-1)[:, None] + (xb * xb).sum(-1)[None, :] - 2.0 * dot).clamp_min(0.0)
