@@ -40,9 +40,9 @@ import kerjepa
 from .. import distributed
 from ..alignment import alignment_loss
 from . import data as kdata
-from .checkpoint import (CHECKPOINT, CONFIG, METRICS, RECOVERY_CHANGES, RESULTS, RESUMABLE_CHANGES, CheckpointError,
-                         RunFolderError, first_nonfinite, gather_rng, load_checkpoint, load_state, optimizer_tensors,
-                         prepare_run_dir, repair_metrics, restore_rng, resume_config, save_checkpoint, write_text)
+from .checkpoint import (CHECKPOINT, CONFIG, METRICS, RECOVERY_CHANGES, RESULTS, CheckpointError, RunFolderError,
+                         first_nonfinite, gather_rng, load_checkpoint, load_state, optimizer_tensors, prepare_run_dir,
+                         repair_metrics, restore_rng, resume_config, save_checkpoint, write_text)
 from .config import Config, ConfigError, dumps, from_args, load_yaml, parse_overrides, preset_names, replace
 from .monitor import embedding_health
 
@@ -591,8 +591,9 @@ def train(cfg: Config, out=None, resume: bool = False, overwrite: bool = False, 
         out: run folder (default ``runs/<preset>``); holds config.yaml, metrics.jsonl, checkpoint.pt,
             results.json.
         resume: continue from ``out/checkpoint.pt`` exactly (data order, RNG, optimizer, schedule step,
-            regularizer step buffer). The checkpoint's config is used; only keys in RESUMABLE_CHANGES may differ.
-            A finished run is left as it is (its results are returned, no record is added).
+            regularizer step buffer). The checkpoint's config is used; only keys in
+            ``checkpoint.RESUMABLE_CHANGES`` may differ. A finished run is left as it is (its results are
+            returned, no record is added).
         overwrite: replace the run that `out` holds (its config.yaml, metrics.jsonl, checkpoint.pt,
             results.json and tensorboard/ are deleted first). Without it (or `resume`) such a folder is refused.
         recover: with `resume`, also let the keys of RECOVERY_CHANGES (lr, lam, grad_clip) change, e.g. to
