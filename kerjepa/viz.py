@@ -3,7 +3,8 @@
 :func:`book_style` applies the committed ``book.mplstyle`` (mathtext rather than LaTeX, the
 Okabe–Ito colour-blind-safe cycle, small figures). Every plotting helper returns ``(fig, ax)``
 and never calls ``plt.show()``: in a notebook the figure is displayed because it is the cell's
-last value or because the cell ends, and tests can inspect it.
+last value or because the cell ends, and tests can inspect it. Only the callback that
+:func:`interact` builds calls ``plt.show()``.
 
 A chapter's interactive figure is a plain function ``plot_x(**params) -> Figure``, driven two
 ways:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import io
 from pathlib import Path
 from typing import Callable, Sequence
@@ -185,8 +187,7 @@ def image_slider(plot: Callable, *, fixed: dict | None = None, caption: str = ""
     Every position is drawn once, saved as a palette PNG (:func:`figure_png`) and held, as an
     inline ``<img>`` with its alternative text, by an ``ipywidgets.HTML`` in an
     ``ipywidgets.Stack`` (``ipywidgets.Image`` has no alternative text); each parameter's slider
-    is a
-    ``SelectionSlider`` whose readout shows the value, linked in the browser to the stack's
+    is a ``SelectionSlider`` whose readout shows the value, linked in the browser to the stack's
     ``selected_index`` with ``jslink`` on its ``index``. With two parameters the stacks are
     nested: the first slider picks a row, the second (``jsdlink``-ed to every row) a column.
     The links run in JavaScript, so the widget works in the static HTML of the book as well
@@ -238,7 +239,7 @@ def image_slider(plot: Callable, *, fixed: dict | None = None, caption: str = ""
     defaults = {k: p.default for k, p in inspect.signature(plot).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     alt = plot.__name__ if alt is None else alt
-    stored: dict[str, ipywidgets.Image] = {}
+    stored: dict[str, ipywidgets.HTML] = {}
 
     def image(params: dict) -> ipywidgets.HTML:
         fig = plot(**fixed, **params)
@@ -269,7 +270,7 @@ def image_slider(plot: Callable, *, fixed: dict | None = None, caption: str = ""
         stack = ipywidgets.Stack(rows, selected_index=sliders[0].index)
         links = [ipywidgets.jsdlink((sliders[1], "index"), (row, "selected_index")) for row in rows]
     links = [ipywidgets.jslink((sliders[0], "index"), (stack, "selected_index")), *links]
-    head = [ipywidgets.HTML(f"<em>{caption}</em>")] if caption else []
+    head = [ipywidgets.HTML(f"<em>{html.escape(caption, quote=False)}</em>")] if caption else []
     box = ipywidgets.VBox([*head, *sliders, stack])
     box.add_class(SLIDER_CLASS)
     box.sliders, box.stack, box.images, box.links = sliders, stack, images, links
@@ -279,10 +280,8 @@ def image_slider(plot: Callable, *, fixed: dict | None = None, caption: str = ""
 
 def _img_tag(png: bytes, alt: str) -> str:
     """An ``<img>`` holding ``png`` inline, with its alternative text."""
-    from html import escape
-
     return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
-            f'alt="{escape(alt)}" style="max-width: 100%; height: auto;">')
+            f'alt="{html.escape(alt)}" style="max-width: 100%; height: auto;">')
 
 
 def _np(a):
