@@ -449,7 +449,7 @@ def train(cfg: Config, out=None, resume: bool = False) -> dict:
         ``final`` (the same after training), ``online_probe_acc``, ``wall_time_s``.
 
     Raises:
-        ConfigError, kerjepa.data.DataError: a configuration or dataset that cannot run.
+        ConfigError, kerjepa.training.data.DataError: a configuration or dataset that cannot run.
         TrainingError: a non-finite loss (the last good checkpoint is kept).
     """
     t_start = time.time()
