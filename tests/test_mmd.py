@@ -100,7 +100,7 @@ def test_mmd2_prior_terms_match_monte_carlo(gen):
 
 
 def test_two_sample_matches_double_loop(gen):
-    """prior_samples=M is eq. 21 with the cross term's 1/(NM) restored (erratum 3)."""
+    """prior_samples=M is eq. 21 with the cross term's 1/(NM) restored (book errata table, row 3)."""
     z = torch.randn(6, 2, generator=gen, dtype=torch.float64)
     kernel = kernels.Gaussian(0.4)
     y = priors.Laplace(1.0).sample(5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -115,7 +115,7 @@ def test_two_sample_matches_double_loop(gen):
 
 
 def test_bhep_erratum_missing_one_over_n(gen):
-    """Eq. 24 as printed (no 1/N on the cross term) is not the MMD; ours is (erratum 3)."""
+    """Eq. 24 as printed (no 1/N on the cross term) is not the MMD; ours is (book errata table, row 4)."""
     z = torch.randn(50, 2, generator=gen, dtype=torch.float64)
     gamma, d = 0.5, 2
     cross = torch.exp(-gamma * (z * z).sum(1) / 2) / 2 ** (d / 2)

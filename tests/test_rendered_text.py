@@ -23,9 +23,23 @@ from test_rendered_book import HTML, PAGE_TIMEOUT_S, PAGES, browser  # noqa: F40
 #: evaluated in the page once MathJax is done; returns lists of offending snippets per class
 TEXT_REPORT_JS = r"""
 (async () => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const t0 = Date.now();
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await MathJax.startup.promise;
   }
+  const views = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]');
+  while (views.length && document.querySelectorAll('.jupyter-widgets').length === 0
+         && Date.now() - t0 < 20000) { await sleep(200); }
+  await sleep(views.length ? 1000 : 0);   // let the widget manager fill its output areas
+  const visibleText = el => {
+    const w = document.createTreeWalker(el, NodeFilter.SHOW_TEXT, {
+      acceptNode: n => n.parentElement.closest('script, style') ? NodeFilter.FILTER_REJECT
+                                                                : NodeFilter.FILTER_ACCEPT});
+    let s = '';
+    for (let n = w.nextNode(); n; n = w.nextNode()) s += n.textContent;
+    return s;
+  };
   const root = document.querySelector('article') || document.body;
   const skip = 'pre, code, script, style, textarea, mjx-container, .highlight, .math';
   const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
@@ -50,11 +64,12 @@ TEXT_REPORT_JS = r"""
   const outputs = Array.from(root.querySelectorAll('.cell_output'));
   const reprs = [], warnings = [];
   for (const out of outputs) {
-    const t = out.textContent;
+    const t = visibleText(out);
     const m = t.match(/<(Figure size|Axes:|matplotlib\.[\w.]+ object)[^>]*>/);
     if (m) reprs.push(m[0].slice(0, 80));
     for (const s of out.querySelectorAll('.stderr, .output.stderr')) {
-      if (s.textContent.trim()) warnings.push(s.textContent.trim().slice(0, 120));
+      const st = visibleText(s).trim();
+      if (st) warnings.push(st.slice(0, 120));
     }
     const w = t.match(/\b\w*Warning\b:?[^\n]{0,80}/);
     if (w) warnings.push(w[0]);
