@@ -22,6 +22,7 @@ Examples::
 
     python benchmarks/bench_targets.py --lejepa ../lejepa --json data/bench/targets_cpu.json
     python benchmarks/bench_targets.py --lejepa ../lejepa --before /tmp/kerjepa-2ecd74f --sizes 256x128
+    python benchmarks/bench_targets.py --summarize data/bench/targets_cpu_run*.json
 """
 from __future__ import annotations
 
@@ -144,6 +145,33 @@ def ratios(medians, tag):
     return out
 
 
+def summarize(paths):
+    """Markdown table of the ratios in result files: one value per file, or the range over files."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f)["records"])
+    cols = [c for c, _, _ in RATIOS]
+    lines = ["| N, D | tag | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    sizes = sorted({(r["N"], r["D"]) for records in runs for r in records})
+    for n, d in sizes:
+        for tag in ("before", "after"):
+            cells = []
+            for col in cols:
+                vals = [r["ratios"].get(tag, {}).get(col) for records in runs for r in records
+                        if (r["N"], r["D"]) == (n, d)]
+                vals = [v for v in vals if v is not None]
+                if not vals:
+                    cells.append("–")
+                elif len(vals) == 1 or f"{min(vals):.2f}" == f"{max(vals):.2f}":
+                    cells.append(f"{vals[0]:.2f}")
+                else:
+                    cells.append(f"{min(vals):.2f}–{max(vals):.2f}")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {n}, {d} | {tag} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lejepa", help="path of a LeJEPA checkout (default: $LEJEPA_PATH)")
@@ -155,7 +183,12 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", help="keep jobs whose name contains one of these")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", help="write the records and the machine description here")
+    p.add_argument("--summarize", nargs="+", metavar="JSON",
+                   help="print the ratio table (ranges over the files) of earlier runs and exit")
     args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     kj = load_kerjepa(None, "kerjepa")

@@ -150,6 +150,8 @@ def projection_gamma(kernel, z: torch.Tensor) -> float:
 def project(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     r"""Projections :math:`p_{ki} = \theta_k^\top x_i` of rows ``x`` (N, D) on directions ``theta`` (K, D).
 
+    Trusts its inputs (the estimators have checked them).
+
     Shape:
         Returns (K, N): one row per slice, the layout :func:`ecf` works in.
     """
@@ -288,7 +290,8 @@ def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
 
     with the mean over the rows of the global batch inside :func:`kerjepa.distributed.local_rows`
     (one all-reduce of the (K, U) sums). Memory :math:`O(NKm)` forward and backward (module
-    docstring); differentiable in ``p`` and ``weights``, twice through autograd.
+    docstring); differentiable in ``p`` and ``weights``, twice through autograd. Trusts its
+    inputs and reads no tensor value on the host.
 
     Args:
         p: projections (K, N) (:func:`project`).
