@@ -6,6 +6,7 @@
 from . import calibration, functional, kernels, priors, slicing
 from .alignment import alignment_loss
 from .modules import EppsPulley, KSD, MMD, Regularizer, SlicedKSD, SlicedMMD, regularizer
+from . import gof  # after .modules, which it builds on
 
 __version__ = "0.1.0"
 

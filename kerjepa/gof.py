@@ -131,6 +131,10 @@ def _check_common(z, num_bootstrap, level, generator, bootstrap=None):
                          f"of one batch are not independent samples, so test each view: "
                          f"[test(zv) for zv in z]")
     z = _checks.embeddings(z, min_rows=2, allow_views=False)
+    finite = torch.isfinite(z)    # a test reads its result on the host anyway: one more sync is free
+    if not bool(finite.all()):
+        raise ValueError(f"z contains {int((~finite).sum())} non-finite value(s) (NaN or Inf) out of "
+                         f"{z.numel()}; a test needs finite embeddings")
     _checks.positive_int(num_bootstrap, "num_bootstrap")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")

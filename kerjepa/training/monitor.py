@@ -33,9 +33,9 @@ from . import data as kdata
 __all__ = ["CollapseWarning", "effective_rank", "variance_spread", "embedding_health", "collapse_message",
            "RANK_FRACTION", "POINT_VARIANCE"]
 
-#: dimensional collapse: effective rank below this fraction of D
+#: an effective rank below this fraction of D counts as dimensional collapse
 RANK_FRACTION = 0.25
-#: collapse to a point: mean per-dimension variance below this fraction of the prior's
+#: a mean per-dimension variance below this fraction of the prior's counts as collapse to a point
 POINT_VARIANCE = 1e-2
 #: seed of the monitor's validation views and bootstrap draws (fixed: every evaluation sees the same views)
 _SEED = 0x9E41
