@@ -1,4 +1,4 @@
-"""The README's training-loop example runs as written."""
+"""The README's Python examples run as written."""
 import pathlib
 import re
 
@@ -18,3 +18,13 @@ def test_readme_training_loop_example_runs():
     exec(compile(code, "README.md", "exec"), scope)
     assert torch.isfinite(scope["loss"])
     assert all(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_readme_goodness_of_fit_example_runs():
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(import torch\nfrom kerjepa import gof.*?)```", readme, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    result = scope["result"]
+    assert 0 < result.pvalue <= 1 and result.num_bootstrap == 500
+    assert not result.reject      # z is drawn from the prior: this seed does not reject
