@@ -813,7 +813,7 @@ def _pm(mean: float, se: float) -> str:
 def _ci(d: dict) -> str:
     if d["n"] < 2:
         return "n/a (fewer than 2 paired seeds)"
-    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points"
 
 
 def e2_rows_of(results: dict) -> list:
@@ -824,6 +824,14 @@ def e2_rows_of(results: dict) -> list:
 def e3_rows_of(results: dict) -> list:
     """The rows of the largest E3 grid that has any (``e3``, else ``e3-small``, else ``e3-mini``)."""
     return results.get("e3") or results.get("e3-small") or results.get("e3-mini") or []
+
+
+def tune_rows_of(results: dict) -> list:
+    """The tuning rows that belong to :func:`e3_rows_of`'s grid."""
+    for name in ("e3", "e3-small", "e3-mini"):
+        if results.get(name):
+            return results.get(f"{name}-tune", [])
+    return []
 
 
 def load_results(results_dir=None) -> dict:
@@ -908,6 +916,13 @@ def chapter_values(results=None) -> dict:
         if row != "lejepa" and "lejepa" in table:
             out[f"e3_{row}_vs_lejepa"] = _ci(paired_difference(_by_seed(e3_rows, row, "linear_probe_acc"),
                                                                _by_seed(e3_rows, "lejepa", "linear_probe_acc")))
+    tune_rows = tune_rows_of(results)
+    for row, sel in select_lambda(tune_rows).items():
+        factors = sorted({r["info"]["factor"] for r in tune_rows if r["info"]["row"] == row})
+        for r in tune_rows:
+            if r["info"]["row"] == row:
+                out[f"e3tune_{row}_x{r['info']['factor']:g}"] = _pct(r["metrics"]["linear_probe_acc"])
+        out[f"e3tune_{row}_edge"] = "yes" if sel["factor"] in (factors[0], factors[-1]) else "no"
     out.update(_claims(e1, slopes, growth, e2_rows, e3_rows, table))
     return out
 
@@ -957,10 +972,11 @@ def _claims(e1, slopes, growth, e2_rows, e3_rows, table) -> dict:
     if "none" in table and rows:
         diffs = {r: paired_difference(_by_seed(e3_rows, r, lin), _by_seed(e3_rows, "none", lin)) for r in rows}
         verdicts = [_verdict(d) for d in diffs.values()]
-        worst = min(diffs, key=lambda r: diffs[r]["diff"])
+        paired = [r for r in rows if diffs[r]["n"] >= 2] or rows
+        worst = min(paired, key=lambda r: diffs[r]["diff"])
         out["claim2_ours"] = (f"{sum(v == 'held' for v in verdicts)} of {len(rows)} Table 1 rows beat the run without a "
                               f"regularizer (95 % paired interval above 0); the smallest gain is {worst}: "
-                              f"{_ci(diffs[worst])} points")
+                              f"{_ci(diffs[worst])}")
         out["claim2_verdict"] = ("held" if all(v == "held" for v in verdicts) else
                                  "did not hold" if any(v == "did not hold" for v in verdicts) else
                                  "not resolvable at this scale (some intervals contain 0)")
@@ -976,7 +992,7 @@ def _claims(e1, slopes, growth, e2_rows, e3_rows, table) -> dict:
         vs_lejepa = paired_difference(_by_seed(e3_rows, best, lin), _by_seed(e3_rows, "lejepa", lin))
         rank = sorted(rows, key=lambda r: -table[r]["mean"]).index(best) + 1
         out["claim3_ours"] = (f"the IMQ/Gaussian KSD row ranks {rank} of {len(rows)} by mean; minus LeJEPA: "
-                              f"{_ci(vs_lejepa)} points; rows significantly above it: {len(better)}")
+                              f"{_ci(vs_lejepa)}; rows significantly above it: {len(better)}")
         if better:
             out["claim3_verdict"] = "did not hold"
         elif top == best and vs_lejepa["n"] >= 2 and vs_lejepa["lo"] > 0:
@@ -989,7 +1005,7 @@ def _claims(e1, slopes, growth, e2_rows, e3_rows, table) -> dict:
     a, b = "ksd-unsliced-gaussian-laplace", "mmd-sliced-gaussian-laplace"
     if a in table and b in table:
         d = paired_difference(_by_seed(e3_rows, a, lin), _by_seed(e3_rows, b, lin))
-        out["claim4_ours"] = f"unsliced KSD (Laplace) minus finitely sliced MMD (Laplace): {_ci(d)} points"
+        out["claim4_ours"] = f"unsliced KSD (Laplace) minus finitely sliced MMD (Laplace): {_ci(d)}"
         out["claim4_verdict"] = _verdict(d)
     else:
         out["claim4_ours"], out["claim4_verdict"] = "no runs", "not resolvable at this scale (no E3 runs)"
