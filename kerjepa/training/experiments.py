@@ -923,6 +923,8 @@ def chapter_values(results=None) -> dict:
             if r["info"]["row"] == row:
                 out[f"e3tune_{row}_x{r['info']['factor']:g}"] = _pct(r["metrics"]["linear_probe_acc"])
         out[f"e3tune_{row}_edge"] = "yes" if sel["factor"] in (factors[0], factors[-1]) else "no"
+    edge = [row for row in select_lambda(tune_rows) if out[f"e3tune_{row}_edge"] == "yes"]
+    out["e3tune_edge_rows"] = ", ".join(f"`{row}`" for row in edge) or "none"
     out.update(_claims(e1, slopes, growth, e2_rows, e3_rows, table))
     return out
 
@@ -957,8 +959,19 @@ def _claims(e1, slopes, growth, e2_rows, e3_rows, table) -> dict:
                     f"{100 * gap[dims[0]]:+.1f} points at D = {dims[0]} and {100 * gap[dims[-1]]:+.1f} at "
                     f"D = {dims[-1]} (binomial s.e. of the change {100 * se:.1f})")
         change = gap[dims[-1]] - gap[dims[0]]
+        # with seeds: the per-seed change, (analytic - 16)(largest D) - (analytic - 16)(smallest D), and its t interval
+        acc = {(r["info"]["dim"], r["info"]["slices"], r["seed"]): r["metrics"]["online_probe_acc"] for r in e2_rows
+               if (r["info"]["kind"], r["info"]["schedule"]) == (kind, sched)}
+        seeds = sorted({s for (_, _, s) in acc})
+        per_seed = {s: (acc[dims[-1], "analytic", s] - acc[dims[-1], 16, s]) - (acc[dims[0], "analytic", s]
+                                                                               - acc[dims[0], 16, s])
+                    for s in seeds if all((d, k, s) in acc for d in (dims[0], dims[-1]) for k in ("analytic", 16))}
+        paired = paired_difference(per_seed, {s: 0.0 for s in per_seed})
         if len(dims) < 2:
             pass
+        elif paired["n"] >= 2:
+            ours.append(f"the change over {paired['n']} seeds: {_ci(paired)}")
+            verdict = _verdict(paired)
         elif change > 2 * se:
             verdict = "held"
         elif change < -2 * se:
