@@ -73,7 +73,7 @@ def test_torn_last_line_is_repaired_and_rerun(tmp_path):
     assert E.run_experiment(exp, results_dir=tmp_path, progress=False) == 1
     assert calls == [("none", 1)]
     rows, before = E.read_rows(path), [json.loads(line) for line in lines]
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_time_s", "finished_utc")}
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_time_s", "cpu_time_s", "finished_utc")}
     assert [strip(r) for r in rows] == [strip(r) for r in before]            # same rows, same order
     assert path.read_text().endswith("}\n")
 
