@@ -835,9 +835,12 @@ def tune_rows_of(results: dict) -> list:
 
 
 def load_results(results_dir=None) -> dict:
-    """The rows of every committed result file, by experiment name."""
+    """The rows of every committed result file of an experiment in :data:`EXPERIMENTS`, by experiment name.
+
+    Other files in the folder (e.g. the goodness-of-fit study's ``gof_*.jsonl``) are not experiment runs.
+    """
     results_dir = Path(results_dir or RESULTS_DIR)
-    return {p.stem: read_rows(p) for p in sorted(results_dir.glob("*.jsonl"))}
+    return {p.stem: read_rows(p) for p in sorted(results_dir.glob("*.jsonl")) if p.stem in EXPERIMENTS}
 
 
 def _by_seed(rows: list, cell: str, metric: str) -> dict:
