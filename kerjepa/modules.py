@@ -297,7 +297,7 @@ def regularizer(kind: str, *, kernel: str = "gaussian", prior: str = "gaussian",
     return SlicedKSD(k, q, num_slices, num_knots, est, approx, backend, scale, seed)
 
 
-#: the regularizer spec: the factory's arguments, in order (a config's ``reg`` mapping uses these keys)
+#: The regularizer spec, i.e. the factory's arguments in order (a config's ``reg`` mapping uses these keys).
 REGULARIZER_KEYS = tuple(inspect.signature(regularizer).parameters)
 #: defaults of the factory's options (from its signature); an option set away from its default must apply
 _SPEC_DEFAULTS = {name: p.default for name, p in inspect.signature(regularizer).parameters.items()

@@ -230,7 +230,7 @@ class StudentT(Prior):
 
         With :math:`v = \nu/2` and :math:`x = \sqrt\nu\sigma|t|`,
         :math:`\log\varphi = \log K_v(x) + v\log x - \log\Gamma(v) - (v - 1)\log 2`. For
-        :math:`v \le` :data:`STUDENT_T_DEBYE_ORDER` the Bessel function is SciPy's ``kve``; above it,
+        :math:`v \le` ``STUDENT_T_DEBYE_ORDER`` the Bessel function is SciPy's ``kve``; above it,
         where :math:`K_v` overflows, the uniform (Debye) expansion of :math:`K_v(vz)`
         (DLMF 10.41.4) with its :math:`e^{v\log z}` and :math:`\Gamma(v)` parts cancelled in
         closed form, so every :math:`\nu` gives a finite CF that tends to the Gaussian
