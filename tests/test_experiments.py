@@ -166,6 +166,47 @@ def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
     assert {r["cell"]: r["config"]["lam"] for r in E.read_rows(tmp_path / "t.jsonl")} == {"a": 2.0, "b": 1.0}
 
 
+def test_sweep_widens_while_the_best_lambda_is_at_an_edge():
+    def done(scores, centre=3.0):
+        return [{"info": {"row": "a", "factor": f, "centre": centre}, "metrics": {"linear_probe_acc": acc}}
+                for f, acc in scores.items()]
+
+    base = (0.25, 0.5, 1.0, 2.0, 4.0)
+    assert E._extended_factors(base, 3.0, done({0.25: 0.1, 0.5: 0.2}), 2) == list(base)        # unfinished
+    assert E._extended_factors(base, 3.0, done({f: -abs(f - 1) for f in base}), 2) == list(base)  # inside
+    rising = {f: f for f in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
+    assert E._extended_factors(base, 3.0, done({f: rising[f] for f in base}), 2) == [*base, 8.0]
+    assert E._extended_factors(base, 3.0, done(rising), 2) == [*base, 8.0, 16.0]                # at most 2 steps
+    falling = {f: -f for f in (0.125, *base)}
+    assert E._extended_factors(base, 3.0, done(falling), 2) == [0.0625, 0.125, *base]           # unfinished 0.0625
+    assert E._extended_factors(base, 3.0, done(falling, centre=5.0), 2) == list(base)          # another centre
+    ties = {f: 0.5 for f in base}
+    assert E._extended_factors(base, 3.0, done(ties), 2) == [0.125, *base]                     # ties: the smaller
+
+
+def test_tuned_grid_follows_a_widening_sweep(tmp_path, monkeypatch):
+    calls = []
+
+    def tune_cells(results_dir=None, untuned=False):
+        done = E.read_rows(tmp_path / "t-tune.jsonl")
+        return [E.Cell(f"a@x{f:g}", {"row": "a", "lam": f}, {"row": "a", "factor": f, "centre": 1.0})
+                for f in E._extended_factors((0.5, 1.0, 2.0), 1.0, done, extend=1)]
+
+    def cells(results_dir=None, untuned=False):
+        chosen = E.select_lambda(E.read_rows(tmp_path / "t-tune.jsonl"))
+        return [E.Cell(row, {"row": row, "lam": c["lam"]}, {"row": row}) for row, c in chosen.items()]
+
+    def measure(cell, seed):
+        calls.append(cell.name)
+        return {"linear_probe_acc": cell.config["lam"]}   # larger is better: the sweep widens upward once
+
+    monkeypatch.setitem(E.EXPERIMENTS, "t-tune", E.Experiment("t-tune", "", tune_cells, (0,), measure, lambda c: 1.0))
+    main = E.Experiment("t", "", cells, (0,), measure, lambda c: 1.0, requires="t-tune")
+    assert E.run_tuned(main, results_dir=tmp_path, progress=False) == 5
+    assert calls == ["a@x0.5", "a@x1", "a@x2", "a@x4", "a"]
+    assert E.read_rows(tmp_path / "t.jsonl")[0]["config"]["lam"] == 4.0
+
+
 def _glued(path):
     """Glue values (text/markdown) of an executed notebook, by key."""
     import nbformat

@@ -358,21 +358,46 @@ def _row_config(base: Config, spec, lam: float, name: str) -> dict:
     return base.replace(preset=f"e3/{name}", reg=dict(spec), lam=float(lam)).to_dict()
 
 
-def _e3_tune_cells(epochs: int, factors, rows=None, batch_size: int = 256) -> Callable:
+def _e3_tune_cells(epochs: int, factors, rows=None, batch_size: int = 256, name: str | None = None,
+                   extend: int = 0) -> Callable:
+    """The lambda sweep of every row: ``centre * f`` for f in `factors`.
+
+    With ``extend > 0`` (and the experiment's `name`, whose results it reads), a row whose best
+    lambda so far sits at an edge of its finished sweep gets the next factor outward (x2 or x1/2),
+    up to `extend` times on each side: the sweep follows the optimum instead of clipping it.
+    """
     def cells(results_dir=None, untuned=False):
         base = _digits_base(epochs, holdout=True, batch_size=batch_size)
+        done = read_rows(Path(results_dir or RESULTS_DIR) / f"{name}.jsonl") if extend else []
         out = []
-        for name, spec in _table1_specs(base.proj_dim).items():
-            if rows is not None and name not in rows:
+        for row, spec in _table1_specs(base.proj_dim).items():
+            if rows is not None and row not in rows:
                 continue
             if spec is None:
                 continue  # lambda = 0: nothing to tune
             centre = matched_lambda(spec, base.proj_dim, base.views, base.batch_size)
-            for f in factors:
-                out.append(Cell(f"{name}@x{f:g}", _row_config(base, spec, centre * f, name),
-                                {"row": name, "factor": f, "centre": centre}))
+            row_factors = _extended_factors(factors, centre, [r for r in done if r["info"]["row"] == row], extend)
+            for f in row_factors:
+                out.append(Cell(f"{row}@x{f:g}", _row_config(base, spec, centre * f, row),
+                                {"row": row, "factor": f, "centre": centre}))
         return out
     return cells
+
+
+def _extended_factors(factors, centre: float, done: list, extend: int) -> list:
+    """`factors`, widened while the best finished factor is at an edge (see :func:`_e3_tune_cells`)."""
+    factors = sorted(factors)
+    top, bottom = factors[-1] * 2 ** extend, factors[0] / 2 ** extend
+    scores = {r["info"]["factor"]: r["metrics"]["linear_probe_acc"] for r in done if r["info"]["centre"] == centre}
+    while set(factors) <= set(scores):  # decide only on a finished sweep
+        best = max(factors, key=lambda f: (scores[f], -f))  # ties go to the smaller lambda, as in select_lambda
+        if best == factors[-1] and factors[-1] < top:
+            factors.append(factors[-1] * 2)
+        elif best == factors[0] and factors[0] > bottom:
+            factors.insert(0, factors[0] / 2)
+        else:
+            break
+    return factors
 
 
 def select_lambda(tune_rows: list, metric: str = "linear_probe_acc") -> dict:
@@ -553,9 +578,9 @@ def _experiments() -> dict:
                                "batch 64, 1 seed",
                    _e2_cells((16, 1024), (16, "analytic"), ("mmd",), {"short": 5}, batch_size=64), (0,), _train_measure,
                    _train_estimate),
-        Experiment("e3-tune", "lambda sweep (x 1/4 ... 4 around the gradient-matched centre) on the tuning split, "
-                              "20 epochs, 1 seed", _e3_tune_cells(20, _TUNE_FACTORS), (0,), _train_measure,
-                   _train_estimate),
+        Experiment("e3-tune", "lambda sweep (x 1/4 ... 4 around the gradient-matched centre, widened to "
+                              "x 1/16 ... 16 while the best is at an edge) on the tuning split, 20 epochs, 1 seed",
+                   _e3_tune_cells(20, _TUNE_FACTORS, name="e3-tune", extend=2), (0,), _train_measure, _train_estimate),
         Experiment("e3", "every Table 1 row + none + Student-t rows at the tuned lambda, 40 epochs, 5 seeds",
                    _e3_cells(40, "e3-tune"), (0, 1, 2, 3, 4), _train_measure, _train_estimate, requires="e3-tune"),
         Experiment("e3-small-tune", "reduced e3-tune: lambda x {1/4, 1, 4}, 8 epochs, batch 64, 1 seed",
@@ -697,7 +722,9 @@ def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = Tr
     """Run a grid whose cells need a tuning grid (``exp.requires``) so that partial progress is useful.
 
     The rows with nothing to tune (lambda = 0) at the first seed; then row by row (in the grid's order)
-    the row's tuning runs and the row at the first seed; then the remaining seeds, seed-major. Returns the number of rows written (both files).
+    the row's tuning runs (widened until its best lambda is inside the sweep, when the tuning grid
+    does that) and the row at the first seed; then the remaining seeds, seed-major. Returns the
+    number of rows written (both files).
     """
     tune = EXPERIMENTS[exp.requires]
     seeds = tuple(exp.seeds if seeds is None else seeds)
@@ -707,8 +734,13 @@ def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = Tr
                if untuned else 0)
     rows = list(dict.fromkeys(c.info["row"] for c in tune_cells))
     for row in rows:
-        written += run_experiment(tune, cells=[c.name for c in tune_cells if c.info["row"] == row],
-                                  results_dir=results_dir, progress=progress)
+        ran: set = set()
+        while True:  # a sweep that widens at an edge has new cells once its runs are in
+            names = {c.name for c in tune.cells(results_dir) if c.info["row"] == row} - ran
+            if not names:
+                break
+            written += run_experiment(tune, cells=sorted(names), results_dir=results_dir, progress=progress)
+            ran |= names
         written += run_experiment(exp, seeds=seeds[:1], cells=[row], results_dir=results_dir, progress=progress)
     return written + run_experiment(exp, seeds=seeds, results_dir=results_dir, progress=progress)
 
