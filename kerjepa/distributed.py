@@ -51,7 +51,7 @@ import torch.distributed as dist
 from . import pairwise
 
 __all__ = ["is_active", "world_size", "rank", "gather_rows", "all_reduce_sum", "sync_max_",
-           "sharded_pairs", "local_rows", "global_rows", "row_mean"]
+           "sharded_pairs", "local_rows", "global_rows", "row_mean", "mean_of_row_sums"]
 
 
 def is_active() -> bool:
@@ -210,6 +210,18 @@ def global_rows(n_local: int) -> int:
     return n_local if n is None else n
 
 
+def mean_of_row_sums(sums: torch.Tensor, n_local: int) -> torch.Tensor:
+    """The mean over the rows from ``sums`` over this rank's ``n_local`` rows: over the global batch
+    inside :func:`local_rows` (one differentiable all-reduce of ``sums``), else ``sums / n_local``.
+
+    For estimators that accumulate their row sums themselves (:func:`kerjepa.slicing.ecf`).
+    """
+    n = _LOCAL_ROWS.get()
+    if n is None:
+        return sums / n_local
+    return all_reduce_sum(sums) / n
+
+
 def row_mean(t: torch.Tensor) -> torch.Tensor:
     r"""Mean over dimension 0 — over the rows of the *global* batch inside :func:`local_rows`.
 
@@ -223,7 +235,6 @@ def row_mean(t: torch.Tensor) -> torch.Tensor:
         >>> row_mean(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
         tensor([2., 3.])
     """
-    n = _LOCAL_ROWS.get()
-    if n is None:
+    if _LOCAL_ROWS.get() is None:
         return t.mean(0)
-    return all_reduce_sum(t.sum(0)) / n
+    return mean_of_row_sums(t.sum(0), t.shape[0])

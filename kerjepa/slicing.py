@@ -6,8 +6,8 @@ discrepancy over them (paper Def. 1). Directions are drawn from a ``torch.Genera
 ``nn.Module`` regularizers seed it with a step counter that is identical on every rank, so all
 processes use the same slices and a resumed run continues the same sequence.
 
-Every finitely sliced estimator (:func:`kerjepa.mmd.sliced_mmd2`, :func:`kerjepa.mmd.epps_pulley`,
-:func:`kerjepa.ksd.sliced_ksd2`) reduces to the same (K, U) statistics of the projections
+Every finitely sliced estimator (:func:`kerjepa.functional.sliced_mmd2`, :func:`kerjepa.functional.epps_pulley`,
+:func:`kerjepa.functional.sliced_ksd2`) reduces to the same (K, U) statistics of the projections
 :math:`p_{ki} = \theta_k^\top z_i`: empirical characteristic functions, possibly weighted per row,
 
 .. math::
@@ -38,7 +38,7 @@ import torch
 from . import _checks, distributed, kernels as _kernels
 
 __all__ = ["random_directions", "gauss_hermite", "resolve_directions", "projection_gamma", "project",
-           "ecf", "check_slice_memory", "ECF_BLOCK"]
+           "ecf", "check_slice_memory", "available_memory", "ECF_BLOCK"]
 
 #: floor on direction norms before normalising; a zero draw gives a zero direction, never NaN
 DIRECTION_EPS = 1e-12
@@ -64,29 +64,45 @@ def random_directions(num_slices: int, dim: int, generator: torch.Generator | No
     return g.to(dtype=dtype, device=device)
 
 
-def _memory_limit(device: torch.device) -> int | None:
-    """Bytes of memory on ``device`` (physical memory for the CPU), or None when unknown."""
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that new tensors on ``device`` can still take, or None when unknown.
+
+    CUDA: the device's free memory plus what PyTorch's caching allocator holds unused. CPU: the
+    kernel's estimate of available memory (``MemAvailable`` in ``/proc/meminfo``), else the free
+    physical pages.
+    """
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
 
 
 def check_slice_memory(num_slices: int, z: torch.Tensor) -> None:
-    """Raise a ``ValueError`` when K slices of ``z`` (..., N, D) cannot fit in the device's memory.
+    """Raise a ``ValueError`` when K slices of ``z`` (..., N, D) cannot fit in the memory still
+    available on its device (:func:`available_memory`).
 
     The estimate counts the (K, D) directions and a few (K, N) tensors per view (projections,
     scores, gradients); no tensor is read, so the check costs no synchronisation.
     """
     n, dim = z.shape[-2], z.shape[-1]
     need = num_slices * (dim + _LIVE_KN * n) * z.element_size()
-    limit = _memory_limit(z.device)
-    if limit is not None and need > limit:
+    free = available_memory(z.device)
+    if free is not None and need > free:
         raise ValueError(f"num_slices={num_slices} needs about {need / 2 ** 30:.3g} GiB for the (K, D) "
                          f"directions and (K, N) projections of z of shape {tuple(z.shape)}, more than "
-                         f"the {limit / 2 ** 30:.3g} GiB of memory of device {z.device}; use fewer slices")
+                         f"the {free / 2 ** 30:.3g} GiB still available on device {z.device}; use fewer slices")
 
 
 def resolve_directions(z: torch.Tensor, num_slices: int, directions, generator) -> torch.Tensor:
@@ -122,7 +138,12 @@ def gauss_hermite(num_knots: int, gamma: float, fold: bool = False) -> tuple[tor
         ([0.0, 1.732051], [0.666667, 0.333333])
     """
     _checks.positive_int(num_knots, "num_knots")
-    gamma = _checks.positive(gamma, "gamma")
+    return _gauss_hermite(num_knots, _checks.positive(gamma, "gamma"), fold)
+
+
+def _gauss_hermite(num_knots: int, gamma: float, fold: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gauss_hermite` for checked options; a NaN ``gamma`` (the median bandwidth of
+    non-finite ``z``) gives NaN knots, hence a NaN statistic, as everywhere else."""
     x, w = sps.roots_hermite(num_knots)
     x, w = 2.0 * math.sqrt(gamma) * x, w / math.sqrt(math.pi)
     if fold:
@@ -162,13 +183,14 @@ def project(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 # The empirical characteristic function of the projections
 # --------------------------------------------------------------------------------------------
 def _block_slices(k: int, n: int, u: int) -> int:
-    """Slices per block, so that a block's (2U, slices, N) cos/sin buffer has about ECF_BLOCK elements."""
+    """Slices per block, so that a block's (slices, 2U, N) cos/sin buffer has about ECF_BLOCK elements."""
     return max(1, min(k, ECF_BLOCK // max(1, 2 * u * n)))
 
 
 def _cos_sin(p: torch.Tensor, t: torch.Tensor, step: float | None, buf: torch.Tensor) -> torch.Tensor:
     r"""``[cos(t_u p); sin(t_u p)]`` for a block of projections ``p`` (B, N), written into
-    ``buf[:, :B]``: shape (2U, B, N), one contiguous (B, N) slab per knot.
+    ``buf[:B]``: shape (B, 2U, N), one contiguous (2U, N) matrix per slice (the operand of the
+    batched matrix products that reduce it over the rows).
 
     With ``step`` (a linear grid :math:`t_u = u\Delta`, :math:`t_0 = 0`) the values follow from
     :math:`e^{\mathrm i\Delta p}` by the recurrence :math:`e^{\mathrm i(u+1)\Delta p}
@@ -176,21 +198,21 @@ def _cos_sin(p: torch.Tensor, t: torch.Tensor, step: float | None, buf: torch.Te
     """
     b = p.shape[0]
     u = t.shape[0]
-    cs = buf[:, :b] if b < buf.shape[1] else buf
-    cos, sin = cs[:u], cs[u:]
+    cs = buf[:b] if b < buf.shape[0] else buf
+    cos, sin = cs[:, :u], cs[:, u:]
     if step is None:
-        arg = torch.mul(p[None], t[:, None, None], out=cs[u:])            # (U, B, N), in the sin slab
+        arg = torch.mul(p[:, None], t[:, None], out=sin)                  # (B, U, N), in the sin half
         torch.cos(arg, out=cos)
         sin.sin_()
         return cs
-    cos[0].fill_(1.0)
-    sin[0].zero_()
+    cos[:, 0].fill_(1.0)
+    sin[:, 0].zero_()
     if u > 1:
         arg = p * step
-        c1, s1 = torch.cos(arg, out=cos[1]), torch.sin(arg, out=sin[1])
+        c1, s1 = torch.cos(arg, out=cos[:, 1]), torch.sin(arg, out=sin[:, 1])
         for j in range(2, u):  # (c + i s)(c1 + i s1)
-            torch.mul(cos[j - 1], c1, out=cos[j]).addcmul_(sin[j - 1], s1, value=-1.0)
-            torch.mul(sin[j - 1], c1, out=sin[j]).addcmul_(cos[j - 1], s1)
+            torch.mul(cos[:, j - 1], c1, out=cos[:, j]).addcmul_(sin[:, j - 1], s1, value=-1.0)
+            torch.mul(sin[:, j - 1], c1, out=sin[:, j]).addcmul_(cos[:, j - 1], s1)
     return cs
 
 
@@ -206,60 +228,82 @@ def _ecf_reference(p, t, weights):
 
 class _EcfSums(torch.autograd.Function):
     r"""Row sums :math:`\sum_i w_{jki}[\cos(t_u p_{ki}), \sin(t_u p_{ki})]`, shape (K, 1 + m, 2U),
-    for :math:`w_0 = 1` and the m row weights ``weights`` (m, K, N).
+    for :math:`w_0 = 1` and either the m row weights ``weights`` (m, K, N) or, with ``scale`` (N,),
+    the one weight :math:`w_{1ki} = c_i p_{ki}` (never materialised).
 
-    Forward and backward run over blocks of slices; only ``p`` (K, N) and ``weights`` are saved.
-    The backward recomputes a block's cos/sin and takes one batched matrix product with the
-    (K, 1 + m, 2U) gradient: with :math:`G = [G_c, G_s]`,
+    Forward and backward run over blocks of slices; only ``p`` (K, N) and the weights (or ``c``) are
+    saved. Each block's cos/sin (B, 2U, N) is reduced by one batched matrix product with the block's
+    rows :math:`[1; w_1; \dots]`; the backward recomputes it and takes one batched product with
+    the (K, 1 + m, 2U) gradient: with :math:`G = [G_c, G_s]`,
     :math:`\partial/\partial w_{jki} = \sum_u G_{c,kju}\cos + G_{s,kju}\sin` and
-    :math:`\partial/\partial p_{ki} = \sum_j w_{jki}\sum_u t_u(G_{s,kju}\cos - G_{c,kju}\sin)`.
+    :math:`\partial/\partial p_{ki} = \sum_j w_{jki}\sum_u t_u(G_{s,kju}\cos - G_{c,kju}\sin)`
+    (plus :math:`c_i\,\partial/\partial w_{1ki}` with ``scale``, whose gradient is
+    :math:`\sum_k p_{ki}\,\partial/\partial w_{1ki}`). Everything per block stays in cache.
     """
 
     @staticmethod
-    def forward(ctx, p, t, weights, step):
+    def forward(ctx, p, t, weights, step, scale):
         ctx.step = step
-        ctx.save_for_backward(p, t, weights)
+        ctx.save_for_backward(p, t, weights, scale)
         k, n = p.shape
         u = t.shape[0]
-        m = 0 if weights is None else weights.shape[0]
+        m = 1 if scale is not None else 0 if weights is None else weights.shape[0]
         wk = None if weights is None else weights.transpose(0, 1)     # (K, m, N)
         out = torch.empty(k, 1 + m, 2 * u, dtype=p.dtype, device=p.device)
         bs = _block_slices(k, n, u)
-        buf = torch.empty(2 * u, bs, n, dtype=p.dtype, device=p.device)
+        buf = torch.empty(bs, 2 * u, n, dtype=p.dtype, device=p.device)
+        rows = torch.empty(bs, 1 + m, n, dtype=p.dtype, device=p.device)  # [1; w_1; ...] of a block
+        rows[:, 0] = 1.0
         for k0 in range(0, k, bs):
             k1 = min(k0 + bs, k)
-            cs = _cos_sin(p[k0:k1], t, step, buf)                         # (2U, B, N)
-            out[k0:k1, 0] = cs.sum(-1).T
-            if wk is not None:
-                torch.bmm(wk[k0:k1], cs.permute(1, 2, 0), out=out[k0:k1, 1:])
+            cs = _cos_sin(p[k0:k1], t, step, buf)                         # (B, 2U, N)
+            if m == 0:
+                torch.sum(cs, -1, out=out[k0:k1, 0])
+                continue
+            r = rows[:k1 - k0]
+            if scale is not None:
+                torch.mul(p[k0:k1], scale, out=r[:, 1])
+            else:
+                r[:, 1:] = wk[k0:k1]
+            torch.bmm(r, cs.transpose(1, 2), out=out[k0:k1])
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        p, t, weights = ctx.saved_tensors
+        p, t, weights, scale = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the autograd version
-            wrt = [v for v, need in ((p, ctx.needs_input_grad[0]), (weights, ctx.needs_input_grad[2])) if need]
-            got = iter(torch.autograd.grad(_ecf_reference(p, t, weights), wrt, grad, create_graph=True))
-            gp = next(got) if ctx.needs_input_grad[0] else None
-            gw = next(got) if ctx.needs_input_grad[2] else None
-            return gp, None, gw, None
+            w = (p * scale)[None] if scale is not None else weights
+            wrt = [v for v, need in ((p, ctx.needs_input_grad[0]), (weights, ctx.needs_input_grad[2]),
+                                     (scale, ctx.needs_input_grad[4])) if need]
+            got = iter(torch.autograd.grad(_ecf_reference(p, t, w), wrt, grad, create_graph=True))
+            return tuple(next(got) if ctx.needs_input_grad[i] else None for i in range(5))
         k, n = p.shape
         u = t.shape[0]
         m = grad.shape[1] - 1
         # rows [H; G_w]: H = [t G_s, -t G_c] gives d/dp, G of the weighted rows gives d/dw
-        need_p, need_w = ctx.needs_input_grad[0], weights is not None and ctx.needs_input_grad[2]
+        need_p = ctx.needs_input_grad[0]
+        need_w = (weights is not None and ctx.needs_input_grad[2]) or scale is not None
         rows = torch.cat([grad[..., u:] * t, -grad[..., :u] * t], -1)    # (K, 1 + m, 2U)
         if need_w:
             rows = torch.cat([rows, grad[:, 1:]], 1)                      # (K, 1 + 2m, 2U)
-        gp = torch.empty_like(p) if need_p else None
-        gw = torch.empty_like(weights) if need_w else None
+        gp = torch.empty_like(p) if need_p or scale is not None else None
+        gw = torch.empty_like(weights) if need_w and scale is None else None
+        gc = torch.zeros_like(scale) if scale is not None and ctx.needs_input_grad[4] else None
         wk = None if weights is None else weights.transpose(0, 1)
         bs = _block_slices(k, n, u)
-        buf = torch.empty(2 * u, bs, n, dtype=p.dtype, device=p.device)
+        buf = torch.empty(bs, 2 * u, n, dtype=p.dtype, device=p.device)
         for k0 in range(0, k, bs):
             k1 = min(k0 + bs, k)
-            cs = _cos_sin(p[k0:k1], t, ctx.step, buf).transpose(0, 1)    # (B, 2U, N)
+            cs = _cos_sin(p[k0:k1], t, ctx.step, buf)                     # (B, 2U, N)
             both = torch.bmm(rows[k0:k1], cs)                             # (B, 1 + m [+ m], N)
+            if scale is not None:  # w_1 = c p: d/dp = H_0 + c (p H_1 + G_1), d/dc = sum_k p G_1
+                pb = p[k0:k1]
+                if gc is not None:
+                    gc.add_((pb * both[:, 2]).sum(0))
+                if need_p:
+                    torch.addcmul(both[:, 2], pb, both[:, 1], out=gp[k0:k1])
+                    gp[k0:k1].mul_(scale).add_(both[:, 0])
+                continue
             if need_p:
                 if m == 0:
                     gp[k0:k1] = both[:, 0]
@@ -269,19 +313,11 @@ class _EcfSums(torch.autograd.Function):
                         gp[k0:k1].addcmul_(both[:, 1 + j], wk[k0:k1, j])
             if need_w:
                 gw[:, k0:k1] = both[:, 1 + m:].transpose(0, 1)
-        return gp, None, gw, None
-
-
-def _row_mean_of_sums(sums: torch.Tensor, n_local: int) -> torch.Tensor:
-    """``sums`` over this process's rows -> the mean over the rows, as :func:`kerjepa.distributed.row_mean`
-    takes it: over the global batch inside :func:`kerjepa.distributed.local_rows`, else the local one."""
-    if distributed._LOCAL_ROWS.get() is None:
-        return sums / n_local
-    return distributed.all_reduce_sum(sums) / distributed.global_rows(n_local)
+        return (gp if need_p else None), None, gw, None, gc
 
 
 def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
-        step: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        step: float | None = None, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Weighted empirical characteristic functions of projections, per slice and knot.
 
     .. math::
@@ -297,12 +333,15 @@ def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
         p: projections (K, N) (:func:`project`).
         t: knots (U,) in the dtype and on the device of ``p``.
         weights: optional stack of m row weights :math:`w_1, \dots, w_m`, shape (m, K, N).
+        scale: instead of ``weights``, per-row factors :math:`c` (N,) of the one weight
+            :math:`w_{1ki} = c_i p_{ki}` (the projected score of a radial prior,
+            :math:`s(x) = c(x)\,x`), which is then never stored: less memory and one pass fewer.
         step: :math:`\Delta` when ``t`` is the linear grid :math:`t_u = u\Delta` (then evaluated by
             the angle-addition recurrence), else ``None``.
 
     Returns:
         ``(re, im)``: the plain characteristic function (:math:`w_0 = 1`), each (K, U); with
-        ``weights``, each (1 + m, K, U), the plain one first.
+        ``weights``, each (1 + m, K, U) (with ``scale``, m = 1), the plain one first.
 
     Example:
         >>> p = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
@@ -311,8 +350,9 @@ def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
         True
     """
     u = t.shape[0]
-    mean = _row_mean_of_sums(_EcfSums.apply(p, t, weights, step), p.shape[-1])   # (K, 1 + m, 2U)
+    sums = _EcfSums.apply(p, t, weights, step, scale)                            # (K, 1 + m, 2U)
+    mean = distributed.mean_of_row_sums(sums, p.shape[-1])
     re, im = mean[..., :u], mean[..., u:]
-    if weights is None:
+    if weights is None and scale is None:
         return re[:, 0], im[:, 0]
     return re.transpose(0, 1), im.transpose(0, 1)

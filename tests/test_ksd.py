@@ -15,7 +15,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from kerjepa import kernels, priors
-from kerjepa.ksd import ksd2, sliced_ksd2, stein_kernel
+from kerjepa.functional import ksd2, sliced_ksd2, stein_kernel
 from tolerances import RTOL, assert_reordered
 
 F64 = torch.float64

@@ -7,6 +7,7 @@ Student-t degrees of freedom, many knots and too many slices each have a test. T
 parity tests at the end run where a GPU is present.
 """
 import math
+import os
 
 import mpmath as mp
 import numpy as np
@@ -202,6 +203,26 @@ def test_ecf_against_direct_sums(step, gen, monkeypatch):
     assert torch.autograd.gradgradcheck(f, (p, w))
 
 
+@pytest.mark.parametrize("step", [None, 0.35])
+def test_ecf_with_a_row_scale_against_direct_sums(step, gen, monkeypatch):
+    """``scale=c``: the weight c_i p_ki of a radial score, never stored; values and derivatives in p and c."""
+    monkeypatch.setattr(slicing, "ECF_BLOCK", 50)
+    p = torch.randn(7, 11, generator=gen, dtype=F64).requires_grad_(True)
+    c = torch.randn(11, generator=gen, dtype=F64).requires_grad_(True)
+    t = torch.arange(6, dtype=F64) * 0.35 if step else torch.rand(6, generator=gen, dtype=F64) * 4 - 2
+    re, im = slicing.ecf(p, t, step=step, scale=c)
+    for k in range(7):
+        for u in range(6):
+            torch.testing.assert_close(re[1, k, u], (c * p[k] * torch.cos(t[u] * p[k])).mean())
+            torch.testing.assert_close(im[1, k, u], (c * p[k] * torch.sin(t[u] * p[k])).mean())
+            torch.testing.assert_close(re[0, k, u], torch.cos(t[u] * p[k]).mean())
+    f = lambda pp, cc: sum((a * a.sin()).sum() for a in slicing.ecf(pp, t, step=step, scale=cc))  # noqa: E731
+    assert torch.autograd.gradcheck(f, (p, c))
+    assert torch.autograd.gradgradcheck(f, (p, c))
+    only_p = lambda pp: sum((a * a.sin()).sum() for a in slicing.ecf(pp, t, step=step, scale=c.detach()))  # noqa: E731
+    assert torch.autograd.gradcheck(only_p, (p,))
+
+
 def test_folded_rule_is_the_full_rule():
     for u in (1, 2, 7, 20, 21):
         t, w = slicing.gauss_hermite(u, 0.3)
@@ -313,10 +334,23 @@ def test_many_knots_are_finite_and_converged(num_knots, gen):
     lambda z, k: F.sliced_ksd2(z, kernels.Gaussian(), priors.Gaussian(), num_slices=k),
     lambda z, k: F.epps_pulley(z, num_slices=k),
 ])
-def test_too_many_slices_gives_our_message(fn):
+def test_too_many_slices_gives_our_message(fn, monkeypatch):
     z = torch.randn(64, 8)
     with pytest.raises(ValueError, match=r"num_slices=1000000000000 needs about .* GiB"):
         fn(z, 10 ** 12)
+    # the bound is the memory still available, not the machine's total
+    need = 4096 * (8 + slicing._LIVE_KN * 64) * 4
+    monkeypatch.setattr(slicing, "available_memory", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"still available on device cpu"):
+        fn(z, 4096)
+    monkeypatch.setattr(slicing, "available_memory", lambda device: need)
+    assert torch.isfinite(fn(z, 4096))
+
+
+def test_available_memory_is_at_most_the_physical_memory():
+    free = slicing.available_memory(torch.device("cpu"))
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert free is not None and 0 < free <= total
 
 
 # --------------------------------------------------------------------------------------------
