@@ -7,7 +7,9 @@ checked against the binomial law of the number of rejections under the null.
 """
 from __future__ import annotations
 
+import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -383,7 +385,6 @@ def test_monitor_accepts_prior_draws_and_warns_on_collapse(case, recwarn):
 
 
 def test_tiny_run_logs_embedding_health(tmp_path):
-    import json
     from kerjepa.training import config, loop
     cfg = config.get_preset("digits-cpu").replace(
         batch_size=512, micro_width=32, micro_depth=1, micro_heads=2, proj_hidden=64, proj_dim=16, views=2,
@@ -398,3 +399,30 @@ def test_tiny_run_logs_embedding_health(tmp_path):
     for key in ("statistic", "pvalue", "effective_rank", "var_min", "var_max", "var_mean"):
         assert len(rec[key]) == 2 and all(math.isfinite(v) for v in rec[key])
     assert all(0 < p <= 1 for p in rec["pvalue"]) and all(1 <= r <= 16 for r in rec["effective_rank"])
+
+
+def test_study_appends_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
+    """The study writes each size cell when it finishes, and a rerun fills in only what is missing."""
+    from kerjepa.training import gof_study
+
+    calls = []
+
+    def fake_test(kind, z, **options):
+        calls.append(kind)
+        return types.SimpleNamespace(pvalue=0.5)
+
+    monkeypatch.setattr(gof_study.gof, "gof_test", fake_test)
+    monkeypatch.setattr(gof_study.priors, "get", lambda name, **params: types.SimpleNamespace(
+        sample=lambda n, dim, generator=None, dtype=None: torch.zeros(n, dim, dtype=dtype)))
+    path = tmp_path / "size.jsonl"
+    meta = {"small": True, "seed": 0}
+    cells = len(gof_study.size_specs(True)) * 4
+    assert gof_study.run_size(True, 0, path, meta) == cells
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0])["event"] == "meta" and len(lines) == 1 + cells
+    path.write_text("\n".join(lines[:-3]) + "\n")                      # an interrupted study
+    calls.clear()
+    assert gof_study.run_size(True, 0, path, meta) == 3 and len(calls) == 3 * 200
+    assert path.read_text().splitlines() == lines
+    with pytest.raises(SystemExit, match="seed=0, this run has seed=1"):
+        gof_study.run_size(True, 1, path, {"small": True, "seed": 1})

@@ -1,24 +1,28 @@
 r"""Calibration and power of the goodness-of-fit tests of :mod:`kerjepa.gof`, written to ``data/results/``.
 
 Run ``python -m kerjepa.training.gof_study`` for the full study, ``--small`` for the reduced one
-the book plots (a few CPU-minutes). Both write
+the book plots (a few CPU-minutes). The small study writes ``gof_size.jsonl`` and
+``gof_power.jsonl``, the full one ``gof_size_full.jsonl`` and ``gof_power_full.jsonl``:
 
-* ``gof_size.jsonl``: for each test x N x D, the number of rejections at level 0.05 in R
-  replications under the null (samples from the test's own prior), the 99 % binomial region of
-  that count for a test of exact size 0.05, and the R p-values (for QQ plots);
-* ``gof_power.jsonl``: for each alternative x test, the rejection rate against the standard
-  Gaussian prior, for ``kerjepa``'s tests and, on the same draws, pingouin's Henze–Zirkler test
+* size: for each test x N x D, the number of rejections at level 0.05 in R replications under
+  the null (samples from the test's own prior), the 99 % binomial region of that count for a test
+  of exact size 0.05, and the R p-values (for QQ plots);
+* power: for each alternative x test, the rejection rate against the standard Gaussian prior,
+  for ``kerjepa``'s tests and, on the same draws, pingouin's Henze–Zirkler test
   (``pingouin.multivariate_normality``) and hyppo's permutation MMD (``hyppo.ksample.MMD``) with
   N prior draws as the second sample.
 
 The first row of each file (``"event": "meta"``) records the sizes, the seed and the machine.
+Rows are appended as they finish (one per size cell, one group per power setting) and a rerun
+skips what its file already holds, so an interrupted study continues where it stopped; every
+cell draws from its own seed, so the rows do not depend on how the study was split.
 
-Sizes: full — N in {50, 200, 1000}, D in {2, 16, 128}, R = 1000 (every kernel x prior);
-power at N = 200, D = 16 and N = 1000, D = 128 with R = 500. Small — N in {50, 200}, D in {2, 16},
-R = 200 (the six KSD kernel x prior pairs, the unsliced MMDs and Epps–Pulley); power at N = 200,
-D = 16 with R = 100. The wild bootstrap uses B = 99 (small) or 199 replicates; the parametric
-bootstrap, exact whenever 0.05 (B + 1) is an integer, B = 19 (small) or 99 for the size and
-39 (small) or 199 for the power, as does hyppo's permutation test.
+Sizes: full — N in {50, 200, 1000}, D in {2, 16, 128}, R = 400 (every kernel x prior, and sliced,
+analytic and two-sample variants); power at N = 200, D = 16 with R = 500 and at N = 1000, D = 128
+with R = 100. Small — N in {50, 200}, D in {2, 16}, R = 200 (the six KSD kernel x prior pairs,
+the unsliced MMDs and Epps–Pulley); power at N = 200, D = 16 with R = 100. The wild bootstrap uses
+B = 99 (small) or 199 replicates; the parametric bootstrap, exact whenever 0.05 (B + 1) is an
+integer, B = 19 for the size and 39 (small) or 199 for the power, as does hyppo's permutation test.
 """
 from __future__ import annotations
 
@@ -73,15 +77,19 @@ def size_specs(small: bool) -> list:
     return specs
 
 
-def run_size(small: bool, seed: int, out: Path) -> list:
+def run_size(small: bool, seed: int, path: Path, meta: dict) -> int:
+    """Append the missing size cells to ``path``; returns the number of rows written."""
     sizes_n, sizes_d = ((50, 200), (2, 16)) if small else ((50, 200, 1000), (2, 16, 128))
-    reps, b_wild = (200, 99) if small else (1000, 199)
-    rows = []
+    reps, b_wild = (200, 99) if small else (400, 199)
+    done = {(r["test"], r["N"], r["D"]) for r in _start(path, meta)}
+    written = 0
     for name, kind, options in size_specs(small):
         # the parametric bootstrap is exact whenever level * (B + 1) is an integer: B = 19 suffices for the size
-        b = b_wild if kind == "ksd" and options.get("slices") != "analytic" else (19 if small else 99)
+        b = b_wild if kind == "ksd" and options.get("slices") != "analytic" else 19
         for n in sizes_n:
             for dim in sizes_d:
+                if (name, n, dim) in done:
+                    continue
                 prior = "gaussian" if kind == "epps_pulley" else options["prior"]
                 params = {} if kind == "epps_pulley" else _prior_params(prior, dim)
                 q = priors.get(prior, **params)
@@ -92,14 +100,16 @@ def run_size(small: bool, seed: int, out: Path) -> list:
                            for _ in range(reps)]
                 rej = sum(p <= LEVEL for p in pvalues)
                 lo, hi = binomial_region(reps)
-                rows.append({"test": name, "kind": kind, "N": n, "D": dim, "reps": reps, "B": b,
-                             "rejections": rej, "rate": rej / reps, "region99": [lo, hi],
-                             "inside": lo <= rej <= hi, "seconds": round(time.time() - t0, 2),
-                             "pvalues": [round(p, 6) for p in pvalues]})
+                row = {"test": name, "kind": kind, "N": n, "D": dim, "reps": reps, "B": b,
+                       "rejections": rej, "rate": rej / reps, "region99": [lo, hi],
+                       "inside": lo <= rej <= hi, "seconds": round(time.time() - t0, 2),
+                       "pvalues": [round(p, 6) for p in pvalues]}
+                _append(path, [row])
+                written += 1
                 print(f"size {name:34s} N={n:5d} D={dim:4d}: {rej:4d}/{reps} rejections "
                       f"(99% region [{lo}, {hi}]) {'ok' if lo <= rej <= hi else 'OUTSIDE'} "
-                      f"{rows[-1]['seconds']:.1f}s", flush=True)
-    return rows
+                      f"{row['seconds']:.1f}s", flush=True)
+    return written
 
 
 def alternatives(n: int, dim: int, generator: torch.Generator) -> dict:
@@ -155,15 +165,20 @@ def _hyppo_mmd(z: np.ndarray, rng: np.random.Generator, reps: int) -> float:
         return float(MMD().test(z, y, reps=reps, workers=1, random_state=int(rng.integers(2 ** 31))).pvalue)
 
 
-def run_power(small: bool, seed: int) -> list:
-    settings = [(200, 16)] if small else [(200, 16), (1000, 128)]
-    reps, b = (100, 99) if small else (500, 199)
+def run_power(small: bool, seed: int, path: Path, meta: dict) -> int:
+    """Append the rows of the missing power settings to ``path``; returns the number of rows written."""
+    settings = [(200, 16, 100)] if small else [(200, 16, 500), (1000, 128, 100)]
+    b = 99 if small else 199
     b_parametric = 39 if small else 199
-    rows = []
-    for n, dim in settings:
+    done = {(r["N"], r["D"]) for r in _start(path, meta)}
+    written = 0
+    for n, dim, reps in settings:
+        if (n, dim) in done:
+            continue
         counts, seconds = {}, {}
         g = torch.Generator().manual_seed(seed + n + dim)
         rng = np.random.default_rng(seed + n + dim)
+        t_setting = time.time()
         for _ in range(reps):
             for alt, z in alternatives(n, dim, g).items():
                 for name, (kind, options) in POWER_TESTS.items():
@@ -179,23 +194,44 @@ def run_power(small: bool, seed: int) -> list:
                     p = fn()
                     seconds[name] = seconds.get(name, 0.0) + time.time() - t0
                     counts[alt, name] = counts.get((alt, name), 0) + (p <= LEVEL)
+        rows = []
         for (alt, name), rej in counts.items():
             lo, hi = st.binomtest(int(rej), reps).proportion_ci(0.95)
             rows.append({"alternative": alt, "test": name, "N": n, "D": dim, "reps": reps,
                          "B": b if name.startswith("ksd") else b_parametric,
                          "rejections": int(rej), "rate": rej / reps, "ci95": [round(lo, 4), round(hi, 4)],
-                         "seconds_per_test": round(seconds[name] / (reps * 7), 4)})
+                         "seconds_per_test": round(seconds[name] / (reps * 7), 4),
+                         "setting_seconds": round(time.time() - t_setting, 1)})
             print(f"power N={n} D={dim} {alt:12s} {name:24s} {rej / reps:.3f}", flush=True)
-    return rows
+        _append(path, rows)
+        written += len(rows)
+    return written
 
 
-def _write(path: Path, meta: dict, rows: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for row in [{"event": "meta", **meta}, *rows]:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+def _start(path: Path, meta: dict) -> list:
+    """The rows ``path`` holds (without its meta row), creating it with ``meta`` when absent.
+
+    A file written with other sizes (``small``) or another seed is refused: its rows would mix.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _append(path, [{"event": "meta", **meta}])
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    head = lines[0] if lines and lines[0].get("event") == "meta" else {}
+    for key in ("small", "seed"):
+        if head.get(key) != meta[key]:
+            raise SystemExit(f"{path}: written with {key}={head.get(key)!r}, this run has {key}={meta[key]!r}; "
+                             f"use another --out folder")
+    return [r for r in lines if r.get("event") != "meta"]
+
+
+def _append(path: Path, rows: list) -> None:
+    """Append ``rows`` as JSON lines, flushed to disk before returning."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def main(argv=None) -> int:
@@ -210,14 +246,11 @@ def main(argv=None) -> int:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
                        f"torch threads {torch.get_num_threads()}",
             "command": "python -m kerjepa.training.gof_study" + (" --small" if args.small else "")}
+    suffix = "" if args.small else "_full"
     if args.only in (None, "size"):
-        t0 = time.time()
-        rows = run_size(args.small, args.seed, out)
-        _write(out / "gof_size.jsonl", {**meta, "seconds": round(time.time() - t0, 1)}, rows)
+        run_size(args.small, args.seed, out / f"gof_size{suffix}.jsonl", meta)
     if args.only in (None, "power"):
-        t0 = time.time()
-        rows = run_power(args.small, args.seed)
-        _write(out / "gof_power.jsonl", {**meta, "seconds": round(time.time() - t0, 1)}, rows)
+        run_power(args.small, args.seed, out / f"gof_power{suffix}.jsonl", meta)
     return 0
 
 
