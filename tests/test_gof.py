@@ -426,3 +426,15 @@ def test_study_appends_as_it_goes_and_resumes(tmp_path, monkeypatch, capsys):
     assert path.read_text().splitlines() == lines
     with pytest.raises(SystemExit, match="seed=0, this run has seed=1"):
         gof_study.run_size(True, 1, path, {"small": True, "seed": 1})
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_every_test_of_the_study_runs(small):
+    from kerjepa.training import gof_study
+    g = torch.Generator().manual_seed(5)
+    for name, kind, options in gof_study.size_specs(small):
+        prior = "gaussian" if kind == "epps_pulley" else options["prior"]
+        params = {} if kind == "epps_pulley" else gof_study._prior_params(prior, 3)
+        z = priors.get(prior, **params).sample(20, 3, generator=g, dtype=F64)
+        result = gof.gof_test(kind, z, num_bootstrap=19, generator=g, **options, **params)
+        assert 0 < result.pvalue <= 1, name
