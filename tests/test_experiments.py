@@ -207,6 +207,21 @@ def test_tuned_grid_follows_a_widening_sweep(tmp_path, monkeypatch):
     assert E.read_rows(tmp_path / "t.jsonl")[0]["config"]["lam"] == 4.0
 
 
+def test_a_grid_still_landing_does_not_replace_a_complete_one():
+    def rows(cells, seeds):
+        return [{"cell": c, "seed": s} for c in cells for s in seeds]
+
+    mini = [c.name for c in E.EXPERIMENTS["e3-mini"].cells(names_only=True)]
+    full = [c.name for c in E.EXPERIMENTS["e3"].cells(names_only=True)]
+    assert set(mini) < set(full) and "none" in full
+    results = {"e3-mini": rows(mini, (0, 1, 2)), "e3": rows(full, (0,))}     # e3: seed 0 only so far
+    assert E.is_complete("e3-mini", results["e3-mini"]) and not E.is_complete("e3", results["e3"])
+    assert E.e3_rows_of(results) is results["e3-mini"]
+    results["e3"] = rows(full, (0, 1, 2, 3, 4))
+    assert E.e3_rows_of(results) is results["e3"]
+    assert not E.is_complete("e3-mini", rows(mini[:-1], (0, 1, 2))) and not E.is_complete("e3-mini", [])
+
+
 def _glued(path):
     """Glue values (text/markdown) of an executed notebook, by key."""
     import nbformat

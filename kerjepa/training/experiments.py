@@ -56,6 +56,7 @@ from .config import Config, get_preset
 
 __all__ = ["Cell", "Experiment", "EXPERIMENTS", "RESULTS_DIR", "ResultsError", "read_rows", "append_row",
            "repair", "run_experiment", "run_tuned", "plan", "main", "matched_lambda", "select_lambda", "mean_se",
+           "is_complete",
            "paired_difference", "e3_table", "e1_table", "e2_table", "TABLE1_ROWS", "STUDENT_T_NU"]
 
 #: where the result files live, relative to the repository root
@@ -189,7 +190,8 @@ class Cell:
 class Experiment:
     """A named grid: ``cells(results_dir)`` x ``seeds``, measured by ``measure(cell, seed) -> metrics``.
 
-    ``requires`` names an experiment whose rows ``cells()`` reads (run first by the runner).
+    ``requires`` names an experiment whose rows ``cells()`` reads (run first by the runner);
+    ``cells(names_only=True)`` gives the cells' names and labels without their configs (cheap).
     ``seed_major`` runs every cell at the first seed before any cell at the next one.
     """
     name: str
@@ -366,7 +368,7 @@ def _e3_tune_cells(epochs: int, factors, rows=None, batch_size: int = 256, name:
     lambda so far sits at an edge of its finished sweep gets the next factor outward (x2 or x1/2),
     up to `extend` times on each side: the sweep follows the optimum instead of clipping it.
     """
-    def cells(results_dir=None, untuned=False):
+    def cells(results_dir=None, untuned=False, names_only=False):
         base = _digits_base(epochs, holdout=True, batch_size=batch_size)
         done = read_rows(Path(results_dir or RESULTS_DIR) / f"{name}.jsonl") if extend else []
         out = []
@@ -375,6 +377,9 @@ def _e3_tune_cells(epochs: int, factors, rows=None, batch_size: int = 256, name:
                 continue
             if spec is None:
                 continue  # lambda = 0: nothing to tune
+            if names_only:  # the base sweep's names (a widened sweep adds cells that completeness does not need)
+                out += [Cell(f"{row}@x{f:g}", {}, {"row": row, "factor": f}) for f in factors]
+                continue
             centre = matched_lambda(spec, base.proj_dim, base.views, base.batch_size)
             row_factors = _extended_factors(factors, centre, [r for r in done if r["info"]["row"] == row], extend)
             for f in row_factors:
@@ -419,7 +424,7 @@ def select_lambda(tune_rows: list, metric: str = "linear_probe_acc") -> dict:
 
 
 def _e3_cells(epochs: int, tune: str, rows=None, batch_size: int = 256) -> Callable:
-    def cells(results_dir=None, untuned=False):
+    def cells(results_dir=None, untuned=False, names_only=False):
         base = _digits_base(epochs, batch_size=batch_size)
         # the tuning rows of `results_dir`, or the committed ones when it has none (regenerating a row elsewhere)
         path = Path(results_dir or RESULTS_DIR) / f"{tune}.jsonl"
@@ -427,6 +432,9 @@ def _e3_cells(epochs: int, tune: str, rows=None, batch_size: int = 256) -> Calla
         out = []
         for name, spec in _table1_specs(base.proj_dim).items():
             if rows is not None and name not in rows:
+                continue
+            if names_only:
+                out.append(Cell(name, {}, {"row": name}))
                 continue
             if spec is None:
                 out.append(Cell(name, _row_config(base, None, 0.0, name), {"row": name, "lam": 0.0}))
@@ -445,7 +453,7 @@ def _e3_cells(epochs: int, tune: str, rows=None, batch_size: int = 256) -> Calla
 # --- E2: Figures 2-3 -------------------------------------------------------------------------
 
 def _e2_cells(dims, slices, kinds, schedules, batch_size: int = 256) -> Callable:
-    def cells(results_dir=None, untuned=False):
+    def cells(results_dir=None, untuned=False, names_only=False):
         out = []
         for kind in kinds:
             for dim in dims:
@@ -459,11 +467,14 @@ def _e2_cells(dims, slices, kinds, schedules, batch_size: int = 256) -> Callable
                     if kind == "mmd" and k == "analytic":
                         spec["scale"] = "lejepa"
                     for sched, epochs in schedules.items():
+                        name = f"{kind}-d{dim}-s{k}-{sched}"
+                        info = {"kind": kind, "dim": dim, "slices": k, "schedule": sched}
+                        if names_only:
+                            out.append(Cell(name, {}, info))
+                            continue
                         base = _digits_base(epochs, proj_dim=dim, batch_size=batch_size)
                         lam = matched_lambda(spec, dim, base.views, base.batch_size)
-                        name = f"{kind}-d{dim}-s{k}-{sched}"
-                        out.append(Cell(name, base.replace(preset=f"e2/{name}", reg=spec, lam=lam).to_dict(),
-                                        {"kind": kind, "dim": dim, "slices": k, "schedule": sched}))
+                        out.append(Cell(name, base.replace(preset=f"e2/{name}", reg=spec, lam=lam).to_dict(), info))
         return out
     return cells
 
@@ -474,7 +485,7 @@ E1_SLICES = (16, 64, 256, 1024)
 
 
 def _e1_cells(dims=(16, 128, 1024), draws: int = 10, rows: int = 256, encoder_epochs: int = 5) -> Callable:
-    def cells(results_dir=None, untuned=False):
+    def cells(results_dir=None, untuned=False, names_only=False):
         return [Cell(f"{source}-{kind}-d{dim}",
                      {"source": source, "kind": kind, "dim": dim, "slices": list(E1_SLICES), "draws": draws,
                       "rows": rows, "num_knots": 21, "kernel": "gaussian", "gamma": 0.5, "prior": "gaussian",
@@ -848,22 +859,37 @@ def _ci(d: dict) -> str:
     return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points"
 
 
+def is_complete(name: str, rows: list) -> bool:
+    """Whether `rows` hold every cell of experiment `name` at every one of its seeds.
+
+    The chapter reports a grid only when it is complete: a full grid whose runs are still landing
+    (they are committed as they finish) never replaces a finished reduced one.
+    """
+    exp = EXPERIMENTS[name]
+    have = {(r["cell"], r["seed"]) for r in rows}
+    return bool(rows) and all((c.name, s) in have for c in exp.cells(names_only=True) for s in exp.seeds)
+
+
+def _largest_complete(results: dict, names) -> str | None:
+    return next((name for name in names if is_complete(name, results.get(name, []))), None)
+
+
 def e2_rows_of(results: dict) -> list:
-    """The rows of the largest E2 grid that has any (``e2``, else ``e2-small``)."""
-    return results.get("e2") or results.get("e2-small") or []
+    """The rows of the largest complete E2 grid (``e2``, else ``e2-small``)."""
+    name = _largest_complete(results, ("e2", "e2-small"))
+    return results[name] if name else []
 
 
 def e3_rows_of(results: dict) -> list:
-    """The rows of the largest E3 grid that has any (``e3``, else ``e3-small``, else ``e3-mini``)."""
-    return results.get("e3") or results.get("e3-small") or results.get("e3-mini") or []
+    """The rows of the largest complete E3 grid (``e3``, else ``e3-small``, else ``e3-mini``)."""
+    name = _largest_complete(results, ("e3", "e3-small", "e3-mini"))
+    return results[name] if name else []
 
 
 def tune_rows_of(results: dict) -> list:
     """The tuning rows that belong to :func:`e3_rows_of`'s grid."""
-    for name in ("e3", "e3-small", "e3-mini"):
-        if results.get(name):
-            return results.get(f"{name}-tune", [])
-    return []
+    name = _largest_complete(results, ("e3", "e3-small", "e3-mini"))
+    return results.get(f"{name}-tune", []) if name else []
 
 
 def load_results(results_dir=None) -> dict:
