@@ -77,9 +77,12 @@ def size_specs(small: bool) -> list:
     return specs
 
 
-def run_size(small: bool, seed: int, path: Path, meta: dict) -> int:
-    """Append the missing size cells to ``path``; returns the number of rows written."""
+def run_size(small: bool, seed: int, path: Path, meta: dict, only_n=None, only_d=None) -> int:
+    """Append the missing size cells to ``path`` (those with N in ``only_n`` and D in ``only_d``
+    when given: several processes can share a study); returns the number of rows written."""
     sizes_n, sizes_d = ((50, 200), (2, 16)) if small else ((50, 200, 1000), (2, 16, 128))
+    sizes_n = [n for n in sizes_n if only_n is None or n in only_n]
+    sizes_d = [d for d in sizes_d if only_d is None or d in only_d]
     reps, b_wild = 200, (99 if small else 199)
     done = {(r["test"], r["N"], r["D"]) for r in _start(path, meta)}
     written = 0
@@ -240,6 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="data/results", help="folder for gof_size.jsonl and gof_power.jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("size", "power"), default=None, help="run one half of the study")
+    parser.add_argument("--n", type=int, nargs="+", default=None, help="size study: only these N")
+    parser.add_argument("--d", type=int, nargs="+", default=None, help="size study: only these D")
     args = parser.parse_args(argv)
     out = Path(args.out)
     meta = {"small": args.small, "seed": args.seed, "level": LEVEL, "torch": torch.__version__,
@@ -248,7 +253,7 @@ def main(argv=None) -> int:
             "command": "python -m kerjepa.training.gof_study" + (" --small" if args.small else "")}
     suffix = "" if args.small else "_full"
     if args.only in (None, "size"):
-        run_size(args.small, args.seed, out / f"gof_size{suffix}.jsonl", meta)
+        run_size(args.small, args.seed, out / f"gof_size{suffix}.jsonl", meta, args.n, args.d)
     if args.only in (None, "power"):
         run_power(args.small, args.seed, out / f"gof_power{suffix}.jsonl", meta)
     return 0
