@@ -151,12 +151,6 @@ class SteinPair:
         return total, (grad_x, grad_s)
 
 
-
-
-
-
-
-
 def _ksd2(z, kernel, prior, estimator, backend, block_size):
     """:func:`kerjepa.functional.ksd2` on checked arguments."""
     def statistic(x):
@@ -186,7 +180,7 @@ def sliced_ksd2_slices(x: torch.Tensor, theta: torch.Tensor, t: torch.Tensor, w:
         sq = (x * x).sum(-1)
         c = (score * x).sum(-1) / torch.where(sq > 0, sq, torch.ones_like(sq))
         (re0, re1), (im0, im1) = ecf(p, t, scale=c)             # (2, K, U) each
-        s2 = (p * p).mean(0) * (c * c) if estimator == "u" else None   # mean over slices of s_ki^2
+        s2 = torch.einsum("kn,kn->n", p, p) / p.shape[0] * (c * c) if estimator == "u" else None  # mean_k s_ki^2
     else:
         s = project(score, theta)                  # (K, N) projected multivariate score
         (re0, re1), (im0, im1) = ecf(p, t, s[None])
@@ -199,7 +193,3 @@ def sliced_ksd2_slices(x: torch.Tensor, theta: torch.Tensor, t: torch.Tensor, w:
     # i == j terms: |(s_i + i t) e^{i t p_i}|^2 = s_i^2 + t^2, weighted, per slice
     diag = distributed.row_mean(s2) * w.sum() + (w * t * t).sum()
     return (n * v - diag) / (n - 1)
-
-
-
-

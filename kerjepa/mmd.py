@@ -114,10 +114,6 @@ def _kernel_pair_fn(kernel):
     return pair_fn
 
 
-
-
-
-
 def _mmd2(z, kernel, prior, estimator, prior_samples, generator, backend, block_size):
     """:func:`kerjepa.functional.mmd2` on checked arguments."""
     def statistic(x):
@@ -139,23 +135,12 @@ def _mmd2(z, kernel, prior, estimator, prior_samples, generator, backend, block_
 TARGET_CFS = ("marginal", "paper")
 
 
-
-
 def _target_cf(prior, t, dim, target_cf):
-    if target_cf == "paper":
-        if isinstance(prior, _priors.StudentT):
-            raise ValueError("target_cf='paper' (Figure 1's 1-D targets) exists for the Gaussian and "
-                             "Laplace priors only; the Student-t prior uses target_cf='marginal'")
-        if isinstance(prior, _priors.Laplace):
-            return 1.0 / (1.0 + (prior.sigma * t) ** 2)
+    """The 1-D target characteristic function at the knots ``t``: the prior's marginal, or with
+    ``target_cf="paper"`` Figure 1's Laplace target (checked options: no Student-t there)."""
+    if target_cf == "paper" and isinstance(prior, _priors.Laplace):
+        return 1.0 / (1.0 + (prior.sigma * t) ** 2)
     return prior.marginal_cf(t, dim)
-
-
-
-
-# --------------------------------------------------------------------------------------------
-# LeJEPA's Epps–Pulley / SIGReg
-# --------------------------------------------------------------------------------------------
 
 
 def sliced_mmd2_slices(x: torch.Tensor, directions: torch.Tensor, t: torch.Tensor, w: torch.Tensor,
@@ -173,6 +158,9 @@ def sliced_mmd2_slices(x: torch.Tensor, directions: torch.Tensor, t: torch.Tenso
     return (err @ w).mean()
 
 
+# --------------------------------------------------------------------------------------------
+# LeJEPA's Epps–Pulley / SIGReg
+# --------------------------------------------------------------------------------------------
 def epps_pulley_grid(t_max: float, n_points: int, like: torch.Tensor):
     """LeJEPA's grid: ``(t, dt, window, weights)``: the n_points knots of [0, t_max] (linear, step dt),
     the window :math:`e^{-t^2/2}` and the trapezoid weights times the window, like ``like``."""

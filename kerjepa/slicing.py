@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import scipy.special as sps
@@ -38,7 +39,7 @@ import torch
 from . import _checks, distributed, kernels as _kernels
 
 __all__ = ["random_directions", "gauss_hermite", "resolve_directions", "projection_gamma", "project",
-           "ecf", "check_slice_memory", "available_memory", "ECF_BLOCK"]
+           "ecf", "check_slice_memory", "available_memory", "total_memory", "ECF_BLOCK"]
 
 #: floor on direction norms before normalising; a zero draw gives a zero direction, never NaN
 DIRECTION_EPS = 1e-12
@@ -64,45 +65,82 @@ def random_directions(num_slices: int, dim: int, generator: torch.Generator | No
     return g.to(dtype=dtype, device=device)
 
 
-def available_memory(device: torch.device) -> int | None:
+def total_memory(device) -> int | None:
+    """Bytes of memory of ``device`` (physical memory, or the container's limit, for the CPU), or None
+    when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    limit = _cgroup_value("memory.max")
+    return total if limit is None else min(total, limit)
+
+
+def _cgroup_value(name: str) -> int | None:
+    """An integer of the process's cgroup v2 memory controller (``memory.max``, ``memory.current``), if any."""
+    try:
+        with open(f"/sys/fs/cgroup/{name}") as f:
+            text = f.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device) -> int | None:
     """Bytes that new tensors on ``device`` can still take, or None when unknown.
 
     CUDA: the device's free memory plus what PyTorch's caching allocator holds unused. CPU: the
-    kernel's estimate of available memory (``MemAvailable`` in ``/proc/meminfo``), else the free
-    physical pages.
+    kernel's estimate (``MemAvailable`` in ``/proc/meminfo``, else the free pages), and at most what
+    the container's memory limit leaves.
     """
+    device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type != "cpu":
         return None
+    free = None
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if free is None:
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    limit, used = _cgroup_value("memory.max"), _cgroup_value("memory.current")
+    return free if limit is None or used is None else min(free, max(limit - used, 0))
 
 
 def check_slice_memory(num_slices: int, z: torch.Tensor) -> None:
-    """Raise a ``ValueError`` when K slices of ``z`` (..., N, D) cannot fit in the memory still
-    available on its device (:func:`available_memory`).
+    """Check that K slices of ``z`` (..., N, D) fit in its device's memory.
 
     The estimate counts the (K, D) directions and a few (K, N) tensors per view (projections,
-    scores, gradients); no tensor is read, so the check costs no synchronisation.
+    scores, gradients); no tensor is read, so the check costs no synchronisation. More than the
+    device's memory (:func:`total_memory`) raises a ``ValueError``; more than what is still
+    available (:func:`available_memory`) warns (``RuntimeWarning``) and goes on. Only the first
+    can be an error: it is the same on every rank of a distributed run, so no rank stops alone
+    while the others wait for it in an all-reduce.
     """
     n, dim = z.shape[-2], z.shape[-1]
     need = num_slices * (dim + _LIVE_KN * n) * z.element_size()
+    what = (f"num_slices={num_slices} needs about {need / 2 ** 30:.3g} GiB for the (K, D) directions and "
+            f"(K, N) projections of z of shape {tuple(z.shape)}")
+    total = total_memory(z.device)
+    if total is not None and need > total:
+        raise ValueError(f"{what}, more than the {total / 2 ** 30:.3g} GiB of memory of device {z.device}; "
+                         f"use fewer slices")
     free = available_memory(z.device)
     if free is not None and need > free:
-        raise ValueError(f"num_slices={num_slices} needs about {need / 2 ** 30:.3g} GiB for the (K, D) "
-                         f"directions and (K, N) projections of z of shape {tuple(z.shape)}, more than "
-                         f"the {free / 2 ** 30:.3g} GiB still available on device {z.device}; use fewer slices")
+        warnings.warn(f"{what}, more than the {free / 2 ** 30:.3g} GiB still available on device {z.device}: "
+                      f"the call may run out of memory", RuntimeWarning, stacklevel=4)
 
 
 def resolve_directions(z: torch.Tensor, num_slices: int, directions, generator) -> torch.Tensor:
@@ -276,7 +314,7 @@ class _EcfSums(torch.autograd.Function):
             wrt = [v for v, need in ((p, ctx.needs_input_grad[0]), (weights, ctx.needs_input_grad[2]),
                                      (scale, ctx.needs_input_grad[4])) if need]
             got = iter(torch.autograd.grad(_ecf_reference(p, t, w), wrt, grad, create_graph=True))
-            return tuple(next(got) if ctx.needs_input_grad[i] else None for i in range(5))
+            return tuple(next(got) if i in (0, 2, 4) and ctx.needs_input_grad[i] else None for i in range(5))
         k, n = p.shape
         u = t.shape[0]
         m = grad.shape[1] - 1
@@ -286,7 +324,7 @@ class _EcfSums(torch.autograd.Function):
         rows = torch.cat([grad[..., u:] * t, -grad[..., :u] * t], -1)    # (K, 1 + m, 2U)
         if need_w:
             rows = torch.cat([rows, grad[:, 1:]], 1)                      # (K, 1 + 2m, 2U)
-        gp = torch.empty_like(p) if need_p or scale is not None else None
+        gp = torch.empty_like(p) if need_p else None
         gw = torch.empty_like(weights) if need_w and scale is None else None
         gc = torch.zeros_like(scale) if scale is not None and ctx.needs_input_grad[4] else None
         wk = None if weights is None else weights.transpose(0, 1)
@@ -313,7 +351,7 @@ class _EcfSums(torch.autograd.Function):
                         gp[k0:k1].addcmul_(both[:, 1 + j], wk[k0:k1, j])
             if need_w:
                 gw[:, k0:k1] = both[:, 1 + m:].transpose(0, 1)
-        return (gp if need_p else None), None, gw, None, gc
+        return gp, None, gw, None, gc
 
 
 def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
@@ -349,6 +387,11 @@ def ecf(p: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None = None,
         >>> torch.allclose(re, torch.tensor([[1.0, (1 + math.cos(2.0)) / 2]], dtype=torch.float64))
         True
     """
+    if weights is not None and scale is not None:
+        raise ValueError("ecf takes row weights either as weights=(m, K, N) or as scale=(N,), not both")
+    if scale is not None and scale.shape != p.shape[-1:]:
+        raise ValueError(f"scale must have shape (N,) = {tuple(p.shape[-1:])} for p of shape {tuple(p.shape)}, "
+                         f"got {tuple(scale.shape)}")
     u = t.shape[0]
     sums = _EcfSums.apply(p, t, weights, step, scale)                            # (K, 1 + m, 2U)
     mean = distributed.mean_of_row_sums(sums, p.shape[-1])

@@ -8,6 +8,7 @@ parity tests at the end run where a GPU is present.
 """
 import math
 import os
+import warnings
 
 import mpmath as mp
 import numpy as np
@@ -338,19 +339,33 @@ def test_too_many_slices_gives_our_message(fn, monkeypatch):
     z = torch.randn(64, 8)
     with pytest.raises(ValueError, match=r"num_slices=1000000000000 needs about .* GiB"):
         fn(z, 10 ** 12)
-    # the bound is the memory still available, not the machine's total
+    # more than the device's memory is an error; more than what is still available, a warning
     need = 4096 * (8 + slicing._LIVE_KN * 64) * 4
-    monkeypatch.setattr(slicing, "available_memory", lambda device: need - 1)
-    with pytest.raises(ValueError, match=r"still available on device cpu"):
+    monkeypatch.setattr(slicing, "total_memory", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"more than the .* GiB of memory of device cpu"):
         fn(z, 4096)
+    monkeypatch.setattr(slicing, "total_memory", lambda device: need)
+    monkeypatch.setattr(slicing, "available_memory", lambda device: need - 1)
+    with pytest.warns(RuntimeWarning, match=r"still available on device cpu: the call may run out of memory"):
+        assert torch.isfinite(fn(z, 4096))
     monkeypatch.setattr(slicing, "available_memory", lambda device: need)
-    assert torch.isfinite(fn(z, 4096))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.isfinite(fn(z, 4096))
 
 
 def test_available_memory_is_at_most_the_physical_memory():
-    free = slicing.available_memory(torch.device("cpu"))
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert free is not None and 0 < free <= total
+    free, total = slicing.available_memory("cpu"), slicing.total_memory("cpu")
+    assert free is not None and 0 < free <= total <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert slicing.available_memory("meta") is None and slicing.total_memory("meta") is None
+
+
+def test_ecf_takes_weights_or_scale_not_both(gen):
+    p, t = torch.randn(3, 5, generator=gen), torch.ones(2)
+    with pytest.raises(ValueError, match="not both"):
+        slicing.ecf(p, t, torch.ones(1, 3, 5), scale=torch.ones(5))
+    with pytest.raises(ValueError, match=r"scale must have shape \(N,\) = \(5,\)"):
+        slicing.ecf(p, t, scale=torch.ones(3))
 
 
 # --------------------------------------------------------------------------------------------
