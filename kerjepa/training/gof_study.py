@@ -77,9 +77,10 @@ def size_specs(small: bool) -> list:
     return specs
 
 
-def run_size(small: bool, seed: int, path: Path, meta: dict, only_n=None, only_d=None) -> int:
-    """Append the missing size cells to ``path`` (those with N in ``only_n`` and D in ``only_d``
-    when given: several processes can share a study); returns the number of rows written."""
+def run_size(small: bool, seed: int, path: Path, meta: dict, only_n=None, only_d=None, only_tests=None) -> int:
+    """Append the missing size cells to ``path`` (those with N in ``only_n``, D in ``only_d`` and a
+    test named in ``only_tests`` when given: several processes can share a study); returns the
+    number of rows written."""
     sizes_n, sizes_d = ((50, 200), (2, 16)) if small else ((50, 200, 1000), (2, 16, 128))
     sizes_n = [n for n in sizes_n if only_n is None or n in only_n]
     sizes_d = [d for d in sizes_d if only_d is None or d in only_d]
@@ -87,7 +88,11 @@ def run_size(small: bool, seed: int, path: Path, meta: dict, only_n=None, only_d
     done = {(r["test"], r["N"], r["D"]) for r in _start(path, meta)}
     written = 0
     # the cheap cells first: an interrupted study has every test at the smaller sizes
-    cells = [(n, dim, spec) for n in sizes_n for dim in sizes_d for spec in size_specs(small)]
+    specs = [spec for spec in size_specs(small) if only_tests is None or spec[0] in only_tests]
+    unknown = set(only_tests or ()) - {name for name, _, _ in size_specs(small)}
+    if unknown:
+        raise SystemExit(f"unknown test(s) {sorted(unknown)}; the study's: {[s[0] for s in size_specs(small)]}")
+    cells = [(n, dim, spec) for n in sizes_n for dim in sizes_d for spec in specs]
     for n, dim, (name, kind, options) in cells:
         if (name, n, dim) in done:
             continue
@@ -245,6 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("size", "power"), default=None, help="run one half of the study")
     parser.add_argument("--n", type=int, nargs="+", default=None, help="size study: only these N")
     parser.add_argument("--d", type=int, nargs="+", default=None, help="size study: only these D")
+    parser.add_argument("--tests", nargs="+", default=None, help="size study: only these tests (by name)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     meta = {"small": args.small, "seed": args.seed, "level": LEVEL, "torch": torch.__version__,
@@ -253,7 +259,7 @@ def main(argv=None) -> int:
             "command": "python -m kerjepa.training.gof_study" + (" --small" if args.small else "")}
     suffix = "" if args.small else "_full"
     if args.only in (None, "size"):
-        run_size(args.small, args.seed, out / f"gof_size{suffix}.jsonl", meta, args.n, args.d)
+        run_size(args.small, args.seed, out / f"gof_size{suffix}.jsonl", meta, args.n, args.d, args.tests)
     if args.only in (None, "power"):
         run_power(args.small, args.seed, out / f"gof_power{suffix}.jsonl", meta)
     return 0
