@@ -85,13 +85,13 @@ def run_size(small: bool, seed: int, path: Path, meta: dict, only_n=None, only_d
     sizes_n = [n for n in sizes_n if only_n is None or n in only_n]
     sizes_d = [d for d in sizes_d if only_d is None or d in only_d]
     reps, b_wild = 200, (99 if small else 199)
-    done = {(r["test"], r["N"], r["D"]) for r in _start(path, meta)}
-    written = 0
-    # the cheap cells first: an interrupted study has every test at the smaller sizes
-    specs = [spec for spec in size_specs(small) if only_tests is None or spec[0] in only_tests]
     unknown = set(only_tests or ()) - {name for name, _, _ in size_specs(small)}
     if unknown:
         raise SystemExit(f"unknown test(s) {sorted(unknown)}; the study's: {[s[0] for s in size_specs(small)]}")
+    specs = [spec for spec in size_specs(small) if only_tests is None or spec[0] in only_tests]
+    done = {(r["test"], r["N"], r["D"]) for r in _start(path, meta)}
+    written = 0
+    # the cheap cells first: an interrupted study has every test at the smaller sizes
     cells = [(n, dim, spec) for n in sizes_n for dim in sizes_d for spec in specs]
     for n, dim, (name, kind, options) in cells:
         if (name, n, dim) in done:
