@@ -143,14 +143,15 @@ def test_statistics_against_hand_values():
     assert E.loglog_slope([1, 4, 16], [1, 0.5, 0.25]) == pytest.approx(-0.5)
 
 
-def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
-    calls = []
-
-    def tune_cells(results_dir=None, untuned=False):
+def _two_row_grid(tmp_path, monkeypatch, calls):
+    """A tuned grid with rows a, b (two lambdas each; a prefers the larger, b the smaller) and its tuning grid."""
+    def tune_cells(results_dir=None, untuned=False, names_only=False):
         return [E.Cell(f"{row}@x{f:g}", {"row": row, "lam": f}, {"row": row, "factor": f})
                 for row in ("a", "b") for f in (1.0, 2.0)]
 
-    def cells(results_dir=None, untuned=False):
+    def cells(results_dir=None, untuned=False, names_only=False):
+        if names_only:
+            return [E.Cell(row, {}, {"row": row}) for row in ("a", "b")]
         chosen = E.select_lambda(E.read_rows(tmp_path / "t-tune.jsonl"))
         return [E.Cell(row, {"row": row, "lam": c["lam"]}, {"row": row}) for row, c in chosen.items()]
 
@@ -158,12 +159,31 @@ def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
         calls.append((cell.name, seed))
         return {"linear_probe_acc": cell.config["lam"] * (1 if cell.config["row"] == "a" else -1)}
 
-    tune = E.Experiment("t-tune", "", tune_cells, (0,), measure, lambda c: 1.0)
+    monkeypatch.setitem(E.EXPERIMENTS, "t-tune", E.Experiment("t-tune", "", tune_cells, (0,), measure, lambda c: 1.0))
     main = E.Experiment("t", "", cells, (0, 1), measure, lambda c: 1.0, requires="t-tune")
-    monkeypatch.setitem(E.EXPERIMENTS, "t-tune", tune)
+    monkeypatch.setitem(E.EXPERIMENTS, "t", main)
+    return main
+
+
+def test_tuned_grid_runs_row_by_row(tmp_path, monkeypatch):
+    calls = []
+    main = _two_row_grid(tmp_path, monkeypatch, calls)
     assert E.run_tuned(main, results_dir=tmp_path, progress=False) == 8
     assert calls == [("a@x1", 0), ("a@x2", 0), ("a", 0), ("b@x1", 0), ("b@x2", 0), ("b", 0), ("a", 1), ("b", 1)]
     assert {r["cell"]: r["config"]["lam"] for r in E.read_rows(tmp_path / "t.jsonl")} == {"a": 2.0, "b": 1.0}
+
+
+def test_tuned_grid_splits_by_rows(tmp_path, monkeypatch):
+    """`--cell` on a tuned grid restricts tuning and training to those rows: processes share a grid."""
+    calls = []
+    main = _two_row_grid(tmp_path, monkeypatch, calls)
+    assert E.main(["t", "--cell", "b", "--results-dir", str(tmp_path), "--no-progress"]) == 0
+    assert calls == [("b@x1", 0), ("b@x2", 0), ("b", 0), ("b", 1)]
+    calls.clear()
+    assert E.run_tuned(main, results_dir=tmp_path, progress=False, rows=["a", "b"]) == 4   # b is done: a only
+    assert calls == [("a@x1", 0), ("a@x2", 0), ("a", 0), ("a", 1)]
+    with pytest.raises(ValueError, match=r"rows: \['c'\] are not rows of 't'"):
+        E.run_tuned(main, results_dir=tmp_path, progress=False, rows=["c"])
 
 
 def test_sweep_widens_while_the_best_lambda_is_at_an_edge():
@@ -187,12 +207,14 @@ def test_sweep_widens_while_the_best_lambda_is_at_an_edge():
 def test_tuned_grid_follows_a_widening_sweep(tmp_path, monkeypatch):
     calls = []
 
-    def tune_cells(results_dir=None, untuned=False):
+    def tune_cells(results_dir=None, untuned=False, names_only=False):
         done = E.read_rows(tmp_path / "t-tune.jsonl")
         return [E.Cell(f"a@x{f:g}", {"row": "a", "lam": f}, {"row": "a", "factor": f, "centre": 1.0})
                 for f in E._extended_factors((0.5, 1.0, 2.0), 1.0, done, extend=1)]
 
-    def cells(results_dir=None, untuned=False):
+    def cells(results_dir=None, untuned=False, names_only=False):
+        if names_only:
+            return [E.Cell("a", {}, {"row": "a"})]
         chosen = E.select_lambda(E.read_rows(tmp_path / "t-tune.jsonl"))
         return [E.Cell(row, {"row": row, "lam": c["lam"]}, {"row": row}) for row, c in chosen.items()]
 

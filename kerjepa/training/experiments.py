@@ -721,30 +721,37 @@ def main(argv=None) -> int:
         for e in ([EXPERIMENTS[exp.requires]] if exp.requires and not args.cell else []) + [exp]:
             print(_dry_run(e, args.seeds if e is exp else None, args.cell if e is exp else None, args.results_dir))
         return 0
-    if exp.requires and not args.cell:
-        n = run_tuned(exp, args.seeds, args.results_dir, progress=not args.no_progress)
+    if exp.requires:
+        n = run_tuned(exp, args.seeds, args.results_dir, progress=not args.no_progress, rows=args.cell)
     else:
         n = run_experiment(exp, args.seeds, args.cell, args.results_dir, progress=not args.no_progress)
     print(f"{exp.name}: {n} new row(s) in {Path(args.results_dir or RESULTS_DIR) / (exp.name + '.jsonl')}")
     return 0
 
 
-def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = True) -> int:
+def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = True, rows=None) -> int:
     """Run a grid whose cells need a tuning grid (``exp.requires``) so that partial progress is useful.
 
     The rows with nothing to tune (lambda = 0) at the first seed; then row by row (in the grid's order)
     the row's tuning runs (widened until its best lambda is inside the sweep, when the tuning grid
-    does that) and the row at the first seed; then the remaining seeds, seed-major. Returns the
-    number of rows written (both files).
+    does that) and the row at the first seed; then the remaining seeds, seed-major. `rows` (names of
+    the grid's rows) restricts all of it to those rows, so that processes given disjoint rows share
+    a grid. Returns the number of rows written (both files).
     """
     tune = EXPERIMENTS[exp.requires]
     seeds = tuple(exp.seeds if seeds is None else seeds)
-    tune_cells = tune.cells(results_dir)
-    untuned = [c.name for c in exp.cells(results_dir) if c.info["row"] not in {t.info["row"] for t in tune_cells}]
+    names = [c.info["row"] for c in exp.cells(results_dir, names_only=True)]
+    if rows is not None:
+        unknown = sorted(set(rows) - set(names))
+        if unknown:
+            raise ValueError(f"rows: {unknown} are not rows of {exp.name!r}; its rows are {names}")
+        names = [r for r in names if r in set(rows)]
+    tune_cells = [c for c in tune.cells(results_dir) if c.info["row"] in names]
+    tuned_rows = {c.info["row"] for c in tune.cells(results_dir, names_only=True)}
+    untuned = [r for r in names if r not in tuned_rows]
     written = (run_experiment(exp, seeds=seeds[:1], cells=untuned, results_dir=results_dir, progress=progress)
                if untuned else 0)
-    rows = list(dict.fromkeys(c.info["row"] for c in tune_cells))
-    for row in rows:
+    for row in [r for r in names if r in tuned_rows]:
         ran: set = set()
         while True:  # a sweep that widens at an edge has new cells once its runs are in
             names = {c.name for c in tune.cells(results_dir) if c.info["row"] == row} - ran
@@ -753,7 +760,7 @@ def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = Tr
             written += run_experiment(tune, cells=sorted(names), results_dir=results_dir, progress=progress)
             ran |= names
         written += run_experiment(exp, seeds=seeds[:1], cells=[row], results_dir=results_dir, progress=progress)
-    return written + run_experiment(exp, seeds=seeds, results_dir=results_dir, progress=progress)
+    return written + run_experiment(exp, seeds=seeds, cells=names, results_dir=results_dir, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
