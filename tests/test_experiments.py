@@ -279,3 +279,37 @@ def test_chapter_shows_the_recorded_numbers():
         accs = [r["metrics"]["linear_probe_acc"] for r in e3 if r["cell"] == cell]
         assert values[f"e3_{cell}_linear"].startswith(f"{100 * float(np.mean(accs)):.1f}")
         assert values[f"e3_{cell}_n"] == str(len(accs))
+
+
+def _fake_run(name, cell, seed, acc, info=None, lam=1.0):
+    m = {"linear_probe_acc": acc, "knn_acc": acc, "online_probe_acc": acc, "online_probe_curve": [[1, acc / 2], [2, acc]]}
+    return {"experiment": name, "cell": cell.name, "seed": seed, "info": info or cell.info, "config": {"lam": lam},
+            "metrics": m, "wall_time_s": 60.0, "machine": {"cpu": "test"}}
+
+
+def test_chapter_values_on_complete_full_grids():
+    """Fabricated complete e2-short and e3 grids: the chapter switches to them and the verdicts follow the data."""
+    noise = {0: 0.004, 1: -0.006, 2: 0.002, 3: -0.001, 4: 0.003}
+    e2 = []
+    for cell in E.EXPERIMENTS["e2-short"].cells(names_only=True):
+        i = cell.info
+        acc = 0.6
+        if i["kind"] == "mmd" and i["slices"] == 16:
+            acc = 0.55 if i["dim"] == 16 else 0.35          # the gap to analytic grows with D: claim 1 holds
+        e2 += [_fake_run("e2-short", cell, s, acc + noise[s] * (i["slices"] == 16)) for s in (0, 1, 2)]
+    best, gains = "ksd-unsliced-imq-gaussian", {"none": 0.3, "mmd-sliced-gaussian-laplace": 0.7}
+    e3, tune = [], []
+    for cell in E.EXPERIMENTS["e3"].cells(names_only=True):
+        acc = gains.get(cell.name, 0.9 if cell.name == best else 0.8)
+        e3 += [_fake_run("e3", cell, s, acc + noise[s] * (cell.name != best)) for s in range(5)]
+    for cell in E.EXPERIMENTS["e3-tune"].cells(names_only=True):
+        tune.append(_fake_run("e3-tune", cell, 0, 0.8 - abs(cell.info["factor"] - 1) / 10,
+                              {**cell.info, "centre": 1.0}, lam=cell.info["factor"]))
+    results = {**E.load_results(), "e2-short": e2, "e3": e3, "e3-tune": tune}
+    v = E.chapter_values(results)
+    assert v["e2_grid"] == "`e2-short`" and v["e3_grid"] == "`e3`" and v["e3_missing"] == "none"
+    assert "`e3`" not in v["runs_partial"] and "`e2`" in v["runs_partial"]
+    assert v["claim1_verdict"].startswith("MMD, short schedule: held; KSD, short schedule: not resolvable")
+    assert v["claim2_verdict"] == "held" and v["claim3_verdict"] == "held" and v["claim4_verdict"] == "held"
+    assert v["e3_none_linear"].startswith("30.0") and v["e3_none_n"] == "5"
+    assert v["e3tune_lejepa_edge"] == "no" and v["e3tune_edge_rows"] == "none"
