@@ -158,6 +158,16 @@ def check_sliced_mmd2_options(kernel, prior, num_slices=1024, num_knots: int = 2
                          "Laplace priors only; the Student-t prior uses target_cf='marginal'")
 
 
+def _finite_slicing(z, kernel, num_slices, num_knots, directions, generator, estimator) -> tuple:
+    """What both finitely sliced statistics start from: the checked embeddings, the (K, D) unit
+    directions, and the U folded Gauss–Hermite knots and weights (float64, on the host) at the
+    projection bandwidth. The integrands are even in t, so the knots t >= 0 carry them all."""
+    z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
+    dirs = resolve_directions(z, num_slices, directions, generator)
+    t, w = _gauss_hermite(num_knots, projection_gamma(kernel, z), fold=True)
+    return z, dirs, t, w
+
+
 def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, num_slices: int | None = 1024,
                 num_knots: int = 21, directions: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, estimator: str = "v",
@@ -221,10 +231,7 @@ def sliced_mmd2(z: torch.Tensor, kernel: _kernels.Kernel, prior: _priors.Prior, 
     if num_slices is None and directions is None:
         return analytic_sliced_mmd2(z, kernel, prior, estimator=estimator, approx=approx,
                                     backend=backend, block_size=block_size)
-    z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
-    dirs = resolve_directions(z, num_slices, directions, generator)
-    # the integrand is even in t: the knots t >= 0 carry it all (slicing.gauss_hermite, fold)
-    t, w = _gauss_hermite(num_knots, projection_gamma(kernel, z), fold=True)
+    z, dirs, t, w = _finite_slicing(z, kernel, num_slices, num_knots, directions, generator, estimator)
     target = _target_cf(prior, t, z.shape[-1], target_cf)           # float64, on the host
     t, w, target = t.to(z), w.to(z), target.to(z)
 
@@ -526,10 +533,8 @@ def sliced_ksd2(z: torch.Tensor, kernel, prior, num_slices: int | None = 1024, n
     if num_slices is None and directions is None:
         return analytic_sliced_ksd2(z, kernel, prior, estimator=estimator, approx=approx,
                                     backend=backend, block_size=block_size)
-    z = _checks.embeddings(z, min_rows=2 if estimator == "u" else 1)
-    theta = resolve_directions(z, num_slices, directions, generator)
-    t, w = _gauss_hermite(num_knots, projection_gamma(kernel, z), fold=True)
-    t, w = t.to(dtype=z.dtype, device=z.device), w.to(dtype=z.dtype, device=z.device)
+    z, theta, t, w = _finite_slicing(z, kernel, num_slices, num_knots, directions, generator, estimator)
+    t, w = t.to(z), w.to(z)
 
     def statistic(x):
         return sliced_ksd2_slices(x, theta, t, w, prior, estimator)
