@@ -8,7 +8,7 @@ import torch
 
 from kerjepa.training import data as kdata
 from kerjepa.training import experiments as E
-from kerjepa.training.config import get_preset
+from kerjepa.training.config import Config, get_preset
 
 
 def _tiny_cells(results_dir=None, untuned=False):
@@ -313,3 +313,31 @@ def test_chapter_values_on_complete_full_grids():
     assert v["claim2_verdict"] == "held" and v["claim3_verdict"] == "held" and v["claim4_verdict"] == "held"
     assert v["e3_none_linear"].startswith("30.0") and v["e3_none_n"] == "5"
     assert v["e3tune_lejepa_edge"] == "no" and v["e3tune_edge_rows"] == "none"
+
+
+def test_the_health_monitor_changes_no_result(tmp_path, monkeypatch):
+    """The monitor's bootstrap draws from its own generator: a run with it and one without give the same
+    numbers, so a run's identity leaves it out and rows recorded with it count as done without it."""
+    base = Config.from_dict(_tiny_cells()[0].config).replace(
+        epochs=3, max_steps=None, reg={"kind": "epps_pulley", "slices": 64, "n_points": 17})
+    on, off = (E.Cell("m", base.replace(health_bootstrap=b).to_dict(), {"row": "m"}) for b in (19, 0))
+    assert E.row_key("t", on.config, 0) == E.row_key("t", off.config, 0)
+    assert E.row_key("t", on.config, 0) != E.row_key("t", base.replace(lam=2.0).to_dict(), 0)
+    from kerjepa.training import loop
+    checks = []
+
+    def health(*args):
+        checks.append(args[-1])
+        return monitored(*args)
+
+    monitored = loop.embedding_health
+    monkeypatch.setattr(loop, "embedding_health", health)
+    with_monitor = E._train_measure(on, 0)
+    assert checks == [22, 44]                     # after each epoch but the last (it has the final evaluation)
+    without = E._train_measure(off, 0)
+    assert len(checks) == 2 and with_monitor == without
+    exp = _experiment(E._train_measure, cells=lambda results_dir=None, untuned=False: [on], seeds=(0,))
+    E.append_row(tmp_path / "tiny.jsonl", {"key": E.row_key("tiny", on.config, 0), "cell": "m", "seed": 0})
+    assert E.plan(_experiment(E._train_measure, cells=lambda results_dir=None, untuned=False: [off], seeds=(0,)),
+                  results_dir=tmp_path)[0][3]
+    assert E.plan(exp, results_dir=tmp_path)[0][3]
