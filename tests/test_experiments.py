@@ -224,8 +224,29 @@ def test_tuned_grid_follows_a_widening_sweep(tmp_path, monkeypatch):
 
     monkeypatch.setitem(E.EXPERIMENTS, "t-tune", E.Experiment("t-tune", "", tune_cells, (0,), measure, lambda c: 1.0))
     main = E.Experiment("t", "", cells, (0,), measure, lambda c: 1.0, requires="t-tune")
-    assert E.run_tuned(main, results_dir=tmp_path, progress=False) == 5
+    bars = []
+
+    class Bar:  # records what the runner tells its progress bar
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text):
+            pass
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr("tqdm.auto.tqdm", Bar)
+    assert E.run_tuned(main, results_dir=tmp_path, progress=True) == 5
     assert calls == ["a@x0.5", "a@x1", "a@x2", "a@x4", "a"]
+    assert len(bars) == 1 and bars[0].n == bars[0].total == 5 and bars[0].closed   # one bar, grown by the widening
     assert E.read_rows(tmp_path / "t.jsonl")[0]["config"]["lam"] == 4.0
 
 

@@ -34,6 +34,7 @@ Every Laplace and Student-t prior is used at unit per-coordinate variance
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -651,8 +652,12 @@ def plan(exp: Experiment, seeds=None, cells=None, results_dir=None, untuned: boo
     return [(c, s, row_key(exp.name, c.config, s), row_key(exp.name, c.config, s) in done) for c, s in pairs]
 
 
-def run_experiment(exp: Experiment, seeds=None, cells=None, results_dir=None, progress: bool = True) -> int:
-    """Run every missing (cell, seed) of `exp`, appending one row each; return the number of rows written."""
+def run_experiment(exp: Experiment, seeds=None, cells=None, results_dir=None, progress: bool = True,
+                   bar=None) -> int:
+    """Run every missing (cell, seed) of `exp`, appending one row each; return the number of rows written.
+
+    `bar`: a tqdm bar to advance instead of a bar of this call's own (:func:`run_tuned` shares one).
+    """
     results_dir = Path(results_dir or RESULTS_DIR)
     path = results_dir / f"{exp.name}.jsonl"
     removed = repair(path)
@@ -660,14 +665,14 @@ def run_experiment(exp: Experiment, seeds=None, cells=None, results_dir=None, pr
         print(f"{path}: removed a torn last line ({removed} bytes)", file=sys.stderr)
     todo = [(c, s, k) for c, s, k, done in plan(exp, seeds, cells, results_dir) if not done]
     commit, where = git_commit(), machine()
-    bar = None
-    if progress and todo:
+    own_bar = bar is None and progress and bool(todo)
+    if own_bar:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc=exp.name, unit="run", dynamic_ncols=True)
     written = 0
     for cell, seed, key in todo:
         if bar is not None:
-            bar.set_postfix_str(f"{cell.name} seed {seed}")
+            bar.set_postfix_str(f"{exp.name} {cell.name} seed {seed}")
         t0, c0 = time.time(), time.process_time()
         try:
             metrics = exp.measure(cell, seed)
@@ -687,7 +692,7 @@ def run_experiment(exp: Experiment, seeds=None, cells=None, results_dir=None, pr
         written += 1
         if bar is not None:
             bar.update(1)
-    if bar is not None:
+    if own_bar:
         bar.close()
     return written
 
@@ -761,18 +766,31 @@ def run_tuned(exp: Experiment, seeds=None, results_dir=None, progress: bool = Tr
     tune_cells = [c for c in tune.cells(results_dir) if c.info["row"] in names]
     tuned_rows = {c.info["row"] for c in tune.cells(results_dir, names_only=True)}
     untuned = [r for r in names if r not in tuned_rows]
-    written = (run_experiment(exp, seeds=seeds[:1], cells=untuned, results_dir=results_dir, progress=progress)
-               if untuned else 0)
+    bar = None
+    if progress:  # one bar over the whole grid; a sweep that widens adds its new runs to it
+        from tqdm.auto import tqdm
+        done = {(r["cell"], r["seed"]) for r in read_rows(Path(results_dir or RESULTS_DIR) / f"{exp.name}.jsonl")}
+        pending_tune = (sum(not d for *_, d in plan(tune, cells=[c.name for c in tune_cells], results_dir=results_dir))
+                        if tune_cells else 0)
+        pending = pending_tune + sum((r, s) not in done for r in names for s in seeds)
+        bar = tqdm(total=pending, desc=f"{tune.name} + {exp.name}", unit="run", dynamic_ncols=True)
+    run = functools.partial(run_experiment, results_dir=results_dir, progress=progress, bar=bar)
+    written = run(exp, seeds=seeds[:1], cells=untuned) if untuned else 0
     for row in [r for r in names if r in tuned_rows]:
-        ran: set = set()
-        while True:  # a sweep that widens at an edge has new cells once its runs are in
-            names = {c.name for c in tune.cells(results_dir) if c.info["row"] == row} - ran
-            if not names:
-                break
-            written += run_experiment(tune, cells=sorted(names), results_dir=results_dir, progress=progress)
-            ran |= names
-        written += run_experiment(exp, seeds=seeds[:1], cells=[row], results_dir=results_dir, progress=progress)
-    return written + run_experiment(exp, seeds=seeds, cells=names, results_dir=results_dir, progress=progress)
+        ran: set = {c.name for c in tune_cells if c.info["row"] == row}
+        sweep = set(ran)
+        while sweep:  # a sweep that widens at an edge has new cells once its runs are in
+            written += run(tune, cells=sorted(sweep))
+            sweep = {c.name for c in tune.cells(results_dir) if c.info["row"] == row} - ran
+            ran |= sweep
+            if bar is not None and sweep:
+                bar.total += sum(not d for *_, d in plan(tune, cells=sorted(sweep), results_dir=results_dir))
+                bar.refresh()
+        written += run(exp, seeds=seeds[:1], cells=[row])
+    written += run(exp, seeds=seeds, cells=names)
+    if bar is not None:
+        bar.close()
+    return written
 
 
 # ---------------------------------------------------------------------------------------------
