@@ -1035,6 +1035,9 @@ def chapter_values(results=None) -> dict:
         if row != "lejepa" and "lejepa" in table:
             out[f"e3_{row}_vs_lejepa"] = _ci(paired_difference(_by_seed(e3_rows, row, "linear_probe_acc"),
                                                                _by_seed(e3_rows, "lejepa", "linear_probe_acc")))
+    # rows whose online probe never learns: final mean under twice chance (10 digit classes)
+    flat = [row for row in table if mean_se(_by_seed(e3_rows, row, "online_probe_acc").values())[0] < 2 / 10]
+    out["e3_online_flat"] = ", ".join(f"`{row}`" for row in flat) or "none"
     tune_rows = tune_rows_of(results)
     for row, sel in select_lambda(tune_rows).items():
         factors = sorted({r["info"]["factor"] for r in tune_rows if r["info"]["row"] == row})
