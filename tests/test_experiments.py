@@ -261,9 +261,9 @@ def test_a_grid_still_landing_does_not_replace_a_complete_one():
     assert set(mini) < set(full) and "none" in full
     results = {"e3-mini": rows(mini, (0, 1, 2)), "e3": rows(full, (0,))}     # e3: seed 0 only so far
     assert E.is_complete("e3-mini", results["e3-mini"]) and not E.is_complete("e3", results["e3"])
-    assert E.e3_rows_of(results) is results["e3-mini"]
+    assert E.e3_rows_of(results) == results["e3-mini"]
     results["e3"] = rows(full, (0, 1, 2, 3, 4))
-    assert E.e3_rows_of(results) is results["e3"]
+    assert E.e3_rows_of(results) == results["e3"]
     assert not E.is_complete("e3-mini", rows(mini[:-1], (0, 1, 2))) and not E.is_complete("e3-mini", [])
 
 
@@ -311,15 +311,19 @@ def _fake_run(name, cell, seed, acc, info=None, lam=1.0):
 
 
 def test_chapter_values_on_complete_full_grids():
-    """Fabricated complete e2-short and e3 grids: the chapter switches to them and the verdicts follow the data."""
+    """Fabricated complete e2-short, e2-long and e3 grids: the chapter switches to them and the verdicts follow
+    the data."""
     noise = {0: 0.004, 1: -0.006, 2: 0.002, 3: -0.001, 4: 0.003}
-    e2 = []
-    for cell in E.EXPERIMENTS["e2-short"].cells(names_only=True):
-        i = cell.info
-        acc = 0.6
-        if i["kind"] == "mmd" and i["slices"] == 16:
-            acc = 0.55 if i["dim"] == 16 else 0.35          # the gap to analytic grows with D: claim 1 holds
-        e2 += [_fake_run("e2-short", cell, s, acc + noise[s] * (i["slices"] == 16)) for s in (0, 1, 2)]
+    e2 = {"e2-short": [], "e2-long": []}
+    for name in e2:
+        for cell in E.EXPERIMENTS[name].cells(names_only=True):
+            i = cell.info
+            acc = 0.6
+            if i["kind"] == "mmd" and i["slices"] == 16:
+                acc = 0.55 if i["dim"] == 16 else 0.35          # the gap to analytic grows with D: claim 1 holds
+            if i["kind"] == "ksd" and i["slices"] == 16 and i["schedule"] == "long":
+                acc = 0.5 if i["dim"] == 16 else 0.7            # the gap shrinks with D: claim 1 does not hold
+            e2[name] += [_fake_run(name, cell, s, acc + noise[s] * (i["slices"] == 16)) for s in (0, 1, 2)]
     best, gains = "ksd-unsliced-imq-gaussian", {"none": 0.3, "mmd-sliced-gaussian-laplace": 0.7}
     e3, tune = [], []
     for cell in E.EXPERIMENTS["e3"].cells(names_only=True):
@@ -328,11 +332,20 @@ def test_chapter_values_on_complete_full_grids():
     for cell in E.EXPERIMENTS["e3-tune"].cells(names_only=True):
         tune.append(_fake_run("e3-tune", cell, 0, 0.8 - abs(cell.info["factor"] - 1) / 10,
                               {**cell.info, "centre": 1.0}, lam=cell.info["factor"]))
-    results = {**E.load_results(), "e2-short": e2, "e3": e3, "e3-tune": tune}
+    results = {**E.load_results(), "e2-short": e2["e2-short"], "e2-long": e2["e2-long"][:-1], "e3": e3, "e3-tune": tune}
     v = E.chapter_values(results)
-    assert v["e2_grid"] == "`e2-short`" and v["e3_grid"] == "`e3`" and v["e3_missing"] == "none"
-    assert "`e3`" not in v["runs_partial"] and "`e2`" in v["runs_partial"]
+    assert v["e2_grid"] == "`e2-short`"                 # e2-long lacks a run: the short grid alone
     assert v["claim1_verdict"].startswith("MMD, short schedule: held; KSD, short schedule: not resolvable")
+    results["e2-long"] = e2["e2-long"]
+    v = E.chapter_values(results)
+    assert v["e2_grid"] == "`e2-short` + `e2-long`" and v["e3_grid"] == "`e3`" and v["e3_missing"] == "none"
+    assert v["e2_grid_design"].startswith(E.EXPERIMENTS["e2-short"].description + "; ")
+    assert "`e3`" not in v["runs_partial"] and "`e2`" in v["runs_partial"]
+    assert v["claim1_verdict"] == ("MMD, short schedule: held; MMD, long schedule: held; KSD, short schedule: "
+                                   "not resolvable at this scale (the 95 % interval contains 0); "
+                                   "KSD, long schedule: did not hold")
+    assert v["e2_mmd-d1024-s16-long_online"].startswith("35.")
+    assert sum(r["cell"].endswith("-long") for r in E.e2_rows_of(results)) == 36
     assert v["claim2_verdict"] == "held" and v["claim3_verdict"] == "held" and v["claim4_verdict"] == "held"
     assert v["e3_none_linear"].startswith("30.0") and v["e3_none_n"] == "5"
     assert v["e3tune_lejepa_edge"] == "no" and v["e3tune_edge_rows"] == "none"
