@@ -305,7 +305,8 @@ def test_chapter_shows_the_recorded_numbers():
 
 
 def _fake_run(name, cell, seed, acc, info=None, lam=1.0):
-    m = {"linear_probe_acc": acc, "knn_acc": acc, "online_probe_acc": acc, "online_probe_curve": [[1, acc / 2], [2, acc]]}
+    m = {"linear_probe_acc": acc, "knn_acc": acc, "online_probe_acc": acc, "online_probe_curve": [[1, acc / 2], [2, acc]],
+         "steps": 2}
     return {"experiment": name, "cell": cell.name, "seed": seed, "info": info or cell.info, "config": {"lam": lam},
             "metrics": m, "wall_time_s": 60.0, "machine": {"cpu": "test"}}
 
@@ -344,7 +345,8 @@ def test_chapter_values_on_complete_full_grids():
     assert v["claim1_verdict"] == ("MMD, short schedule: held; MMD, long schedule: held; KSD, short schedule: "
                                    "not resolvable at this scale (the 95 % interval contains 0); "
                                    "KSD, long schedule: did not hold")
-    assert v["e2_mmd-d1024-s16-long_online"].startswith("35.")
+    assert v["e2_mmd-d1024-s16-long_online"].startswith("35.") and v["e2_long_steps"] == "2"
+    assert v["e2_short_online_max"] == "60.0"
     assert sum(r["cell"].endswith("-long") for r in E.e2_rows_of(results)) == 36
     assert v["claim2_verdict"] == "held" and v["claim3_verdict"] == "held" and v["claim4_verdict"] == "held"
     assert v["e3_none_linear"].startswith("30.0") and v["e3_none_n"] == "5"
