@@ -384,6 +384,7 @@ def test_the_health_monitor_changes_no_result(tmp_path, monkeypatch):
     assert checks == [22, 44]                     # after each epoch but the last (it has the final evaluation)
     without = E._train_measure(off, 0)
     assert len(checks) == 2 and with_monitor == without
+    assert with_monitor["n_val"] > 0 and "lejepa_probe_acc" in with_monitor   # Table 1's protocol, recorded
     exp = _experiment(E._train_measure, cells=lambda results_dir=None, untuned=False: [on], seeds=(0,))
     E.append_row(tmp_path / "tiny.jsonl", {"key": E.row_key("tiny", on.config, 0), "cell": "m", "seed": 0})
     assert E.plan(_experiment(E._train_measure, cells=lambda results_dir=None, untuned=False: [off], seeds=(0,)),

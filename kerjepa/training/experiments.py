@@ -239,7 +239,8 @@ def _train_measure(cell: Cell, seed: int) -> dict:
     final = out.get("final", {})
     return {"knn_acc": final.get("knn_acc"), "linear_probe_acc": final.get("linear_probe_acc"),
             "online_probe_acc": out["online_probe_acc"], "online_probe_curve": curve, "steps": out["step"],
-            "last_loss": out.get("last", {}).get("loss"), "last_reg": out.get("last", {}).get("reg")}
+            "last_loss": out.get("last", {}).get("loss"), "last_reg": out.get("last", {}).get("reg"),
+            "lejepa_probe_acc": final.get("lejepa_probe_acc"), "n_val": final.get("n_val")}
 
 
 _STEP_COST: dict = {}
