@@ -353,6 +353,12 @@ def test_chapter_values_on_complete_full_grids():
     assert v["e2_mmd-d1024-s16-long_online"].startswith("35.") and v["e2_long_steps"] == "2"
     assert v["e2_short_online_max"] == "60.0"
     assert sum(r["cell"].endswith("-long") for r in E.e2_rows_of(results)) == 36
+    rest = [_fake_run("e2-long-rest", c, s, 0.6) for c in E.EXPERIMENTS["e2-long-rest"].cells(names_only=True)
+            for s in (0, 1, 2)]
+    v = E.chapter_values({**results, "e2-long-rest": rest})
+    assert v["e2_grid"] == "`e2-short` + `e2-long` + `e2-long-rest`" and v["e2_mmd-d128-s1024-long_online"] == "60.0 ± 0.0"
+    assert {c.name for c in E.EXPERIMENTS["e2"].cells(names_only=True)} == {
+        c.name for name in ("e2-short", "e2-long", "e2-long-rest") for c in E.EXPERIMENTS[name].cells(names_only=True)}
     assert v["claim2_verdict"] == "held" and v["claim3_verdict"] == "held" and v["claim4_verdict"] == "held"
     assert v["e3_none_linear"].startswith("30.0") and v["e3_none_n"] == "5"
     assert v["e3tune_lejepa_edge"] == "no" and v["e3tune_edge_rows"] == "none"
