@@ -348,6 +348,11 @@ def test_chapter_values_on_complete_full_grids():
     assert ("E2 (KSD, linear probe): at D = 1024 the gap analytic minus 16 slices is +0.0 points on the short "
             "schedule and -10.0 on the long one (short minus long: +10.0 [") in v["claim1_ours"]
     assert v["online_claim1_verdict"] == claim1    # the fabricated runs have one accuracy for every probe
+    # the slicing table: analytic minus 16 slices by D, its change and its average over D, paired by seed
+    assert [v[f"e2slicing_linear_mmd_short_gap_d{d}"] for d in (16, 128, 1024)] == ["+5.0", "+25.0", "+25.0"]
+    assert v["e2slicing_linear_mmd_short_change"].startswith("+20.0 [+20.0, +20.0]")
+    assert v["e2slicing_linear_mmd_short_advantage"].startswith("+18.3 [")
+    assert v["e2slicing_online_ksd_long_gap_d1024"] == "-10.0" and v["e2slicing_linear_ksd_long_change"].startswith("-20.0")
     one_seed = [r for r in e2["e2-short"] if r["seed"] == 0]
     assert E._slicing_change(one_seed, "mmd", "short")[1] == "not resolvable at this scale (one seed)"
     assert v["e2_mmd-d1024-s16-long_online"].startswith("35.") and v["e2_long_steps"] == "2"

@@ -61,7 +61,7 @@ from .config import Config, get_preset
 __all__ = ["Cell", "Experiment", "EXPERIMENTS", "RESULTS_DIR", "ResultsError", "read_rows", "append_row",
            "repair", "run_experiment", "run_tuned", "plan", "main", "matched_lambda", "select_lambda", "mean_se",
            "is_complete",
-           "paired_difference", "e3_table", "e1_table", "e2_table", "TABLE1_ROWS", "STUDENT_T_NU"]
+           "paired_difference", "e3_table", "e1_table", "e2_table", "slicing_comparison", "TABLE1_ROWS", "STUDENT_T_NU"]
 
 #: where the result files live, relative to the repository root
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
@@ -1050,6 +1050,13 @@ def chapter_values(results=None) -> dict:
         cells = [e for e in e2 if e["schedule"] == sched]
         out[f"e2_{sched}_online_max"] = _pct(max(e["mean"] for e in cells))
         out[f"e2_{sched}_steps"] = str(next(r["metrics"]["steps"] for r in e2_rows if r["info"]["schedule"] == sched))
+    for metric, short in (("linear_probe_acc", "linear"), ("online_probe_acc", "online")):
+        for kind, sched in sorted({(r["info"]["kind"], r["info"]["schedule"]) for r in e2_rows}):
+            c = slicing_comparison(e2_rows, kind, sched, metric)
+            if c is not None:
+                key = f"e2slicing_{short}_{kind}_{sched}"
+                out.update({f"{key}_gap_d{d}": f"{100 * g:+.1f}" for d, g in c["gap"].items()})
+                out[f"{key}_change"], out[f"{key}_advantage"] = _ci(c["change"]), _ci(c["advantage"])
     # E3
     e3_rows = e3_rows_of(results)
     table = {e["row"]: e for e in e3_table(e3_rows)}
@@ -1109,63 +1116,66 @@ def _e2_accuracies(e2_rows: list, kind: str, sched: str, metric: str) -> dict:
     return acc
 
 
-def _slicing_gaps(acc: dict):
-    """The smallest and largest D with both 16 slices and analytic slicing, the seeds every one of those
-    four cells has, and per seed the gap ``analytic - 16 slices`` at each of the two D; None when fewer
-    than two such D exist."""
-    dims = sorted({d for d, k in acc if (d, "analytic") in acc and (d, 16) in acc})
-    if len(dims) < 2:
-        return None
-    lo, hi = dims[0], dims[-1]
-    seeds = sorted(set.intersection(*(set(acc[d, k]) for d in (lo, hi) for k in ("analytic", 16))))
-    gap = {d: {s: acc[d, "analytic"][s] - acc[d, 16][s] for s in seeds} for d in (lo, hi)}
-    return lo, hi, seeds, gap
-
-
 def _metric_name(metric: str) -> str:
     return metric.removesuffix("_acc").replace("_", " ")
 
 
 def _slicing_change(e2_rows: list, kind: str, sched: str, metric: str = "linear_probe_acc"):
     """Claim 1 on one (kind, schedule) of an E2 grid: how much the gap in `metric` between analytic
-    slicing and 16 slices grows from the smallest to the largest D, and how much analytic slicing
-    itself changes between them.
-
-    Per seed, (analytic - 16)(largest D) - (analytic - 16)(smallest D), with its Student-t interval,
-    over the seeds all four cells have. Returns ``(our evidence, verdict, label)``, or None when the
-    grid lacks the cells.
+    slicing and 16 slices grows from the smallest to the largest D (:func:`slicing_comparison`), and how
+    much analytic slicing itself changes between them. Returns ``(our evidence, verdict, label)``, or
+    None when the grid lacks the cells.
     """
-    acc = _e2_accuracies(e2_rows, kind, sched, metric)
-    found = _slicing_gaps(acc)
-    if found is None:
+    c = slicing_comparison(e2_rows, kind, sched, metric)
+    if c is None:
         return None
-    lo, hi, seeds, gap = found
+    lo, hi = c["dims"][0], c["dims"][-1]
     label = f"{kind.upper()}, {sched} schedule"
-    mean_gap = {d: sum(gap[d].values()) / len(seeds) for d in (lo, hi)}
-    paired = paired_difference({s: gap[hi][s] - gap[lo][s] for s in seeds}, {s: 0.0 for s in seeds})
-    analytic = paired_difference({s: acc[hi, "analytic"][s] for s in seeds}, {s: acc[lo, "analytic"][s] for s in seeds})
-    text = (f"E2 ({label}, {_metric_name(metric)}): analytic minus 16 slices is {100 * mean_gap[lo]:+.1f} points at "
-            f"D = {lo} and {100 * mean_gap[hi]:+.1f} at D = {hi}")
-    if paired["n"] < 2:
+    text = (f"E2 ({label}, {_metric_name(metric)}): analytic minus 16 slices is {100 * c['gap'][lo]:+.1f} points "
+            f"at D = {lo} and {100 * c['gap'][hi]:+.1f} at D = {hi}")
+    if c["change"]["n"] < 2:
         return f"{text} (one seed)", "not resolvable at this scale (one seed)", label
-    text += (f"; the change over {paired['n']} seeds: {_ci(paired)}; analytic slicing at D = {hi} minus "
+    acc = _e2_accuracies(e2_rows, kind, sched, metric)
+    analytic = paired_difference(acc[hi, "analytic"], acc[lo, "analytic"])
+    text += (f"; the change over {c['change']['n']} seeds: {_ci(c['change'])}; analytic slicing at D = {hi} minus "
              f"D = {lo}: {_ci(analytic)}")
-    return text, _verdict(paired), label
+    return text, _verdict(c["change"]), label
 
 
 def _gap_closing(e2_rows: list, kind: str, metric: str = "linear_probe_acc") -> str | None:
     """The paper's long-schedule observation (its 800-epoch gap has mostly closed) on an E2 grid with both
     schedules: per seed, the gap analytic - 16 slices at the largest D on the short schedule minus the
     same gap on the long one."""
-    short, long_ = (_slicing_gaps(_e2_accuracies(e2_rows, kind, sched, metric)) for sched in ("short", "long"))
-    if short is None or long_ is None or short[1] != long_[1]:
+    short, long_ = (slicing_comparison(e2_rows, kind, sched, metric) for sched in ("short", "long"))
+    if short is None or long_ is None or short["dims"][-1] != long_["dims"][-1]:
         return None
-    hi = short[1]
-    d = paired_difference(short[3][hi], long_[3][hi])
-    shrink = _ci(d)
+    hi = short["dims"][-1]
+    acc = {sched: _e2_accuracies(e2_rows, kind, sched, metric) for sched in ("short", "long")}
+    gap = {sched: {s: a[hi, "analytic"][s] - a[hi, 16][s] for s in set(a[hi, 16]) & set(a[hi, "analytic"])}
+           for sched, a in acc.items()}
     return (f"E2 ({kind.upper()}, {_metric_name(metric)}): at D = {hi} the gap analytic minus 16 slices is "
-            f"{100 * sum(short[3][hi].values()) / len(short[3][hi]):+.1f} points on the short schedule and "
-            f"{100 * sum(long_[3][hi].values()) / len(long_[3][hi]):+.1f} on the long one (short minus long: {shrink})")
+            f"{100 * short['gap'][hi]:+.1f} points on the short schedule and {100 * long_['gap'][hi]:+.1f} on the "
+            f"long one (short minus long: {_ci(paired_difference(gap['short'], gap['long']))})")
+
+
+def slicing_comparison(e2_rows: list, kind: str, sched: str, metric: str = "linear_probe_acc") -> dict | None:
+    """Analytic slicing against 16 slices on one (kind, schedule) of an E2 grid, paired by seed.
+
+    Returns ``{"dims", "gap": {D: mean gap}, "change": ..., "advantage": ...}`` where ``change`` is the
+    paired interval of gap(largest D) - gap(smallest D) (claim 1: positive) and ``advantage`` that of the
+    gap averaged over every D that has both cells (the paper: analytic is best or tied everywhere);
+    None when fewer than two D have both cells.
+    """
+    acc = _e2_accuracies(e2_rows, kind, sched, metric)
+    dims = sorted({d for d, k in acc if (d, "analytic") in acc and (d, 16) in acc})
+    if len(dims) < 2:
+        return None
+    seeds = sorted(set.intersection(*(set(acc[d, k]) for d in dims for k in ("analytic", 16))))
+    gap = {d: {s: acc[d, "analytic"][s] - acc[d, 16][s] for s in seeds} for d in dims}
+    zero = {s: 0.0 for s in seeds}
+    return {"dims": dims, "gap": {d: sum(g.values()) / len(seeds) for d, g in gap.items()},
+            "change": paired_difference({s: gap[dims[-1]][s] - gap[dims[0]][s] for s in seeds}, zero),
+            "advantage": paired_difference({s: sum(gap[d][s] for d in dims) / len(dims) for s in seeds}, zero)}
 
 
 def _combined(parts: list, none: str) -> str:
