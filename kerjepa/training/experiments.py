@@ -1045,12 +1045,14 @@ def chapter_values(results=None) -> dict:
         out[f"e2_{e['cell']}_online"] = _pm(e["mean"], e["se"])
         m, se, _ = mean_se([r["metrics"]["linear_probe_acc"] for r in e2_rows if r["cell"] == e["cell"]])
         out[f"e2_{e['cell']}_linear"] = _pm(m, se)
-    out["e2_short_steps"] = out["e2_short_online_max"] = "n/a"
+    out["e2_short_steps"] = out["e2_short_online_max"] = out["e2_long_steps"] = "n/a"
     for sched in sorted({e["schedule"] for e in e2}):   # how far the online probe got on each schedule
         cells = [e for e in e2 if e["schedule"] == sched]
         out[f"e2_{sched}_online_max"] = _pct(max(e["mean"] for e in cells))
         out[f"e2_{sched}_steps"] = str(next(r["metrics"]["steps"] for r in e2_rows if r["info"]["schedule"] == sched))
     for metric, short in (("linear_probe_acc", "linear"), ("online_probe_acc", "online")):
+        for kind in ("mmd", "ksd"):   # the keys the chapter's prose names, present whatever the grid
+            out[f"e2slicing_{short}_{kind}_long_advantage"] = out[f"e2slicing_{short}_{kind}_long_change"] = "n/a"
         for kind, sched in sorted({(r["info"]["kind"], r["info"]["schedule"]) for r in e2_rows}):
             c = slicing_comparison(e2_rows, kind, sched, metric)
             if c is not None:
