@@ -302,6 +302,22 @@ def test_chapter_shows_the_recorded_numbers():
         accs = [r["metrics"]["linear_probe_acc"] for r in e3 if r["cell"] == cell]
         assert values[f"e3_{cell}_linear"].startswith(f"{100 * float(np.mean(accs)):.1f}")
         assert values[f"e3_{cell}_n"] == str(len(accs))
+    # E2: every cell's means and the paired slicing gaps, from the JSON lines of the files the chapter names
+    names = [n.strip("`") for n in values["e2_grid"].split(" + ")]
+    e2 = [json.loads(line) for n in names for line in (E.RESULTS_DIR / f"{n}.jsonl").read_text().splitlines()]
+    by_cell = {}
+    for r in e2:
+        by_cell.setdefault(r["cell"], []).append(r["metrics"])
+    for cell, ms in by_cell.items():
+        for metric, short in (("linear_probe_acc", "linear"), ("online_probe_acc", "online")):
+            assert values[f"e2_{cell}_{short}"].startswith(f"{100 * float(np.mean([m[metric] for m in ms])):.1f} ± ")
+    for kind in ("mmd", "ksd"):
+        for sched in {r["info"]["schedule"] for r in e2}:
+            for dim in (16, 128, 1024):
+                acc = {k: {r["seed"]: r["metrics"]["linear_probe_acc"] for r in e2
+                           if r["cell"] == f"{kind}-d{dim}-s{k}-{sched}"} for k in ("analytic", 16)}
+                gap = np.mean([acc["analytic"][s] - acc[16][s] for s in acc[16]])
+                assert values[f"e2slicing_linear_{kind}_{sched}_gap_d{dim}"] == f"{100 * gap:+.1f}"
 
 
 def _fake_run(name, cell, seed, acc, info=None, lam=1.0):
