@@ -1062,6 +1062,7 @@ def chapter_values(results=None) -> dict:
     # E3
     e3_rows = e3_rows_of(results)
     table = {e["row"]: e for e in e3_table(e3_rows)}
+    vs_lejepa = {}   # linear probe, row minus LeJEPA, paired by seed
     for row, e in table.items():
         out[f"e3_{row}_lam"] = f"{e['lam']:.3g}"
         out[f"e3_{row}_n"] = str(e["n"])
@@ -1070,31 +1071,30 @@ def chapter_values(results=None) -> dict:
             m, se, _ = mean_se(_by_seed(e3_rows, row, metric).values())
             out[f"e3_{row}_{short}"] = _pm(m, se)
         if row != "lejepa" and "lejepa" in table:
-            out[f"e3_{row}_vs_lejepa"] = _ci(paired_difference(_by_seed(e3_rows, row, "linear_probe_acc"),
-                                                               _by_seed(e3_rows, "lejepa", "linear_probe_acc")))
+            vs_lejepa[row] = paired_difference(_by_seed(e3_rows, row, "linear_probe_acc"),
+                                               _by_seed(e3_rows, "lejepa", "linear_probe_acc"))
+            out[f"e3_{row}_vs_lejepa"] = _ci(vs_lejepa[row])
     # rows whose online probe never learns: final mean under twice chance (10 digit classes)
     flat = [row for row in table if mean_se(_by_seed(e3_rows, row, "online_probe_acc").values())[0] < 2 / 10]
     out["e3_online_flat"] = ", ".join(f"`{row}`" for row in flat) or "none"
     unsliced_ksd = [row for row in table if row.startswith("ksd-unsliced")]
     out["e3_unsliced_ksd_flat"] = f"{sum(row in flat for row in unsliced_ksd)} of {len(unsliced_ksd)}"
     tune_rows = tune_rows_of(results)
-    for row, sel in select_lambda(tune_rows).items():
+    selected = select_lambda(tune_rows)
+    for row, sel in selected.items():
         factors = sorted({r["info"]["factor"] for r in tune_rows if r["info"]["row"] == row})
         for r in tune_rows:
             if r["info"]["row"] == row:
                 out[f"e3tune_{row}_x{r['info']['factor']:g}"] = _pct(r["metrics"]["linear_probe_acc"])
         out[f"e3tune_{row}_edge"] = "yes" if sel["factor"] in (factors[0], factors[-1]) else "no"
-    edge = [row for row in select_lambda(tune_rows) if out[f"e3tune_{row}_edge"] == "yes"]
+    edge = [row for row in selected if out[f"e3tune_{row}_edge"] == "yes"]
     out["e3tune_edge_rows"] = ", ".join(f"`{row}`" for row in edge) or "none"
     # the rows the verdicts turn on: unsliced KSD against every other regularized row, relative to LeJEPA
-    vs_lejepa = {row: paired_difference(_by_seed(e3_rows, row, "linear_probe_acc"),
-                                        _by_seed(e3_rows, "lejepa", "linear_probe_acc"))["diff"]
-                 for row in table if row not in ("lejepa", "none") and "lejepa" in table}
-    for key, group in (("e3_unsliced_ksd_vs_lejepa", [r for r in vs_lejepa if r.startswith("ksd-unsliced")]),
-                       ("e3_other_vs_lejepa", [r for r in vs_lejepa if not r.startswith("ksd-unsliced")])):
-        diffs = [vs_lejepa[r] for r in group]
+    regularized = [row for row in vs_lejepa if row != "none"]
+    for key, group in (("e3_unsliced_ksd_vs_lejepa", [r for r in regularized if r.startswith("ksd-unsliced")]),
+                       ("e3_other_vs_lejepa", [r for r in regularized if not r.startswith("ksd-unsliced")])):
+        diffs = [vs_lejepa[r]["diff"] for r in group]
         out[key] = f"{100 * min(diffs):+.1f} to {100 * max(diffs):+.1f}" if diffs else "n/a"
-    selected = select_lambda(tune_rows)
     out["e3tune_lejepa_factor"] = f"{selected['lejepa']['factor']:g}" if "lejepa" in selected else "n/a"
     out["e3_example_command"] = next((f"`{r['command']}`" for r in e3_rows if r["cell"] == "lejepa"), "n/a")
     out.update(_claims(e1, slopes, growth, e2_rows, e3_rows, table))
@@ -1152,18 +1152,18 @@ def _gap_closing(e2_rows: list, kind: str, metric: str = "linear_probe_acc") -> 
     if short is None or long_ is None or short["dims"][-1] != long_["dims"][-1]:
         return None
     hi = short["dims"][-1]
-    acc = {sched: _e2_accuracies(e2_rows, kind, sched, metric) for sched in ("short", "long")}
-    gap = {sched: {s: a[hi, "analytic"][s] - a[hi, 16][s] for s in set(a[hi, 16]) & set(a[hi, "analytic"])}
-           for sched, a in acc.items()}
+    mean = {sched: sum(c["seed_gap"][hi].values()) / len(c["seed_gap"][hi]) for sched, c in (("short", short),
+                                                                                            ("long", long_))}
     return (f"E2 ({kind.upper()}, {_metric_name(metric)}): at D = {hi} the gap analytic minus 16 slices is "
-            f"{100 * short['gap'][hi]:+.1f} points on the short schedule and {100 * long_['gap'][hi]:+.1f} on the "
-            f"long one (short minus long: {_ci(paired_difference(gap['short'], gap['long']))})")
+            f"{100 * mean['short']:+.1f} points on the short schedule and {100 * mean['long']:+.1f} on the long one "
+            f"(short minus long: {_ci(paired_difference(short['seed_gap'][hi], long_['seed_gap'][hi]))})")
 
 
 def slicing_comparison(e2_rows: list, kind: str, sched: str, metric: str = "linear_probe_acc") -> dict | None:
     """Analytic slicing against 16 slices on one (kind, schedule) of an E2 grid, paired by seed.
 
-    Returns ``{"dims", "gap": {D: mean gap}, "change": ..., "advantage": ...}`` where ``change`` is the
+    Returns ``{"dims", "gap": {D: mean gap}, "seed_gap": {D: {seed: gap}}, "change": ..., "advantage": ...}``
+    where ``change`` is the
     paired interval of gap(largest D) - gap(smallest D) (claim 1: positive) and ``advantage`` that of the
     gap averaged over every D that has both cells (the paper: analytic is best or tied everywhere);
     None when fewer than two D have both cells.
@@ -1175,7 +1175,7 @@ def slicing_comparison(e2_rows: list, kind: str, sched: str, metric: str = "line
     seeds = sorted(set.intersection(*(set(acc[d, k]) for d in dims for k in ("analytic", 16))))
     gap = {d: {s: acc[d, "analytic"][s] - acc[d, 16][s] for s in seeds} for d in dims}
     zero = {s: 0.0 for s in seeds}
-    return {"dims": dims, "gap": {d: sum(g.values()) / len(seeds) for d, g in gap.items()},
+    return {"dims": dims, "gap": {d: sum(g.values()) / len(seeds) for d, g in gap.items()}, "seed_gap": gap,
             "change": paired_difference({s: gap[dims[-1]][s] - gap[dims[0]][s] for s in seeds}, zero),
             "advantage": paired_difference({s: sum(gap[d][s] for d in dims) / len(dims) for s in seeds}, zero)}
 
